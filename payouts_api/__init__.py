@@ -1,0 +1,42 @@
+"""Flask API: `create_app()` builds the app (gunicorn 'payouts_api:create_app()')."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from payouts_api.extensions import limiter
+from payouts_api.openapi import init_docs
+from payouts_api.payouts import bp as payouts_bp
+from payouts_api.problems import register_error_handlers
+from payouts_tasks.settings import get_settings
+from payouts_tasks.store import PayoutStore
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    settings = get_settings()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        PAYOUTS_STORE_URL=settings.store_url,
+        PAYOUTS_MAX_ITEMS=settings.max_items,
+        PAYOUTS_MAX_AMOUNT_CENTS=settings.max_amount_cents,
+        PAYOUTS_RATELIMIT_WRITE=settings.ratelimit_write,
+        PAYOUTS_RATELIMIT_READ=settings.ratelimit_read,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_HEADERS_ENABLED=True,
+        # A limiter storage outage must not take the API down with it: fail open, and let the
+        # handlers answer 503 if Redis is really gone.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+
+    app.extensions["payouts_store"] = PayoutStore.from_url(
+        app.config["PAYOUTS_STORE_URL"], socket_timeout=5, socket_connect_timeout=2)
+    limiter.init_app(app)
+    register_error_handlers(app)
+    app.register_blueprint(payouts_bp)
+    init_docs(app)
+    return app

@@ -1,0 +1,30 @@
+"""The chord callback: close the batch once every item reached a final state."""
+
+from __future__ import annotations
+
+import logging
+
+from payouts_tasks.celery_app import app
+from payouts_tasks.resources import get_store
+
+log = logging.getLogger(__name__)
+
+
+def summary_line(report: dict) -> str:
+    """The one-line summary the CLI and logs print (SPEC §4)."""
+    return (f"Processed: {report['processed']} | Paid: {report['successful']} | "
+            f"Failed: {report['failed']} | Duplicates: {report['duplicates']}")
+
+
+@app.task(bind=True, name="payouts.aggregate", max_retries=30)
+def aggregate(self, batch_id: str) -> dict:
+    store = get_store()
+    state = store.complete_batch(batch_id)
+    if state[0] == "incomplete":  # every header task returned, so this is a lagging write
+        raise self.retry(countdown=1)
+    report = store.report(batch_id) or {}
+    counts = {k: report.get(k) for k in
+              ("batch_id", "status", "total", "processed", "successful", "failed", "duplicates")}
+    if report:
+        log.info("batch %s completed: %s", batch_id, summary_line(report))
+    return counts

@@ -1,0 +1,52 @@
+"""Building and publishing the one chord per batch: settle every item, then aggregate.
+
+The API asks for "the chord for this batch" here rather than assembling task internals itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import redis
+from celery import chord
+
+from payouts_tasks.aggregate import aggregate
+from payouts_tasks.settle import settle
+from payouts_tasks.store import Order, PayoutStore
+
+log = logging.getLogger(__name__)
+
+
+def batch_chord(batch_id: str, total: int) -> chord:
+    # ignore_result: settle outcomes live in the status key; the chord still counts each part,
+    # and the publisher does not subscribe to one result channel per item.
+    header = [settle.si(batch_id, i).set(ignore_result=True) for i in range(total)]
+    return chord(header, aggregate.si(batch_id))
+
+
+def publish_batch(batch_id: str, total: int) -> str:
+    """Publish the batch's chord; returns the id of the aggregate task."""
+    return batch_chord(batch_id, total).apply_async().id
+
+
+def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,
+                 orders: Sequence[Order], submitted_by: str = "") -> bool:
+    """Accept a batch all-or-nothing: status key written and chord published, or neither.
+
+    Returns False for a replay of an existing batch (nothing re-enqueued). Settle tasks wait
+    while the batch is still `accepting`, so nothing is paid for a batch that ends up refused.
+    """
+    created, _state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by)
+    if not created:
+        return False
+    try:
+        publish_batch(batch_id, len(orders))
+    except Exception:
+        log.exception("publishing batch %s failed; discarding it", batch_id)
+        with contextlib.suppress(redis.RedisError):
+            store.discard_batch(batch_id)
+        raise
+    store.open_batch(batch_id)
+    return True

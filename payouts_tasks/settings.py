@@ -1,0 +1,144 @@
+"""Runtime settings, read from the environment once and validated at start.
+
+The API, the Celery app and the CLI all take their configuration from here, so one variable
+means the same thing everywhere. Every setting is listed in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot run with."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _range_ms(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        lo, _, hi = raw.partition("-")
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise SettingsError(f"{name} must look like '500-2000' (milliseconds), got {raw!r}") from None
+    if low < 0 or high < low:
+        raise SettingsError(f"{name} must be a non-negative range low-high, got {raw!r}")
+    return low, high
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    broker_url: str
+    result_backend: str
+    store_url: str
+    ratelimit_storage_uri: str
+    max_items: int
+    max_amount_cents: int
+    max_body_bytes: int
+    ratelimit_enabled: bool
+    ratelimit_write: str
+    ratelimit_read: str
+    settle_max_attempts: int
+    retry_backoff_base_s: float
+    retry_backoff_max_s: float
+    inflight_wait_max_s: int
+    visibility_timeout_s: int
+    worker_concurrency: int
+    provider_latency_ms: tuple[int, int]
+    provider_permanent_failure_rate: float
+    provider_transient_failure_rate: float
+    provider_seed: str | None
+    provider_ispb: str
+    api_url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
+        ispb = env.get("PIX_SIM_ISPB") or "13935893"
+        if len(ispb) != 8 or not ispb.isdigit():
+            raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
+        backoff_base = _float(env, "PAYOUTS_RETRY_BACKOFF_BASE_S", 0.5, 0.0, 60.0)
+        backoff_max = _float(env, "PAYOUTS_RETRY_BACKOFF_MAX_S", 30.0, 0.0, 600.0)
+        visibility = _int(env, "PAYOUTS_VISIBILITY_TIMEOUT_S", 600, minimum=10)
+        if backoff_max * 2 >= visibility:
+            raise SettingsError(
+                "PAYOUTS_RETRY_BACKOFF_MAX_S must stay well below PAYOUTS_VISIBILITY_TIMEOUT_S "
+                "(a countdown past the visibility timeout causes a redelivery)"
+            )
+        return cls(
+            redis_url=redis_url,
+            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
+            result_backend=env.get("CELERY_RESULT_BACKEND") or redis_url,
+            store_url=env.get("PAYOUTS_STORE_URL") or redis_url,
+            ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI") or redis_url,
+            max_items=_int(env, "PAYOUTS_MAX_ITEMS", 10_000, minimum=1),
+            max_amount_cents=_int(env, "PAYOUTS_MAX_AMOUNT_CENTS", 1_499_999, minimum=1),
+            max_body_bytes=_int(env, "PAYOUTS_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
+            ratelimit_enabled=_bool(env, "PAYOUTS_RATELIMIT_ENABLED", True),
+            ratelimit_write=env.get("PAYOUTS_RATELIMIT_WRITE") or "20 per 10 seconds;100 per minute",
+            ratelimit_read=env.get("PAYOUTS_RATELIMIT_READ") or "200 per 10 seconds;1000 per minute",
+            settle_max_attempts=_int(env, "PAYOUTS_SETTLE_MAX_ATTEMPTS", 6, minimum=1),
+            retry_backoff_base_s=backoff_base,
+            retry_backoff_max_s=backoff_max,
+            inflight_wait_max_s=_int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1),
+            visibility_timeout_s=visibility,
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 200, minimum=1),
+            provider_latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
+            provider_permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),
+            provider_transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),
+            provider_seed=env.get("PIX_SIM_SEED") or None,
+            provider_ispb=ispb,
+            api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        )
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return Settings.from_env()
