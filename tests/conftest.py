@@ -1,26 +1,59 @@
-"""Shared fixtures: a private Redis on a free port for the whole session.
+"""Shared fixtures: a private Redis on a free port, a real Celery worker, the real Flask app.
 
-Tests never touch a Redis they did not start; each test uses unique ids instead of flushing.
+The Redis is started in `pytest_configure`, before any test module imports the service, so
+the environment the settings read once already points at it. Tests never touch a Redis they
+did not start, and use unique ids instead of flushing.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 
 from payouts_cli.local_redis import free_port, start_redis
 
+TEST_ENV = {
+    "PIX_SIM_LATENCY_MS": "0-20",
+    "PIX_SIM_SEED": "tests",
+    "PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05",
+    "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4",
+    "PAYOUTS_RATELIMIT_ENABLED": "false",
+    "WORKER_CONCURRENCY": "50",
+}
+_redis_proc: subprocess.Popen | None = None
+
+
+def pytest_configure(config):
+    global _redis_proc
+    data_dir = Path(tempfile.mkdtemp(prefix="payouts-test-redis-"))
+    port = free_port()
+    _redis_proc = start_redis(port, data_dir)
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    os.environ["PAYOUTS_TEST_REDIS_DIR"] = str(data_dir)
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PAYOUTS_STORE_URL",
+                 "RATELIMIT_STORAGE_URI"):
+        os.environ.pop(name, None)
+    os.environ.update(TEST_ENV)
+
+
+def pytest_unconfigure(config):
+    if _redis_proc is not None:
+        _redis_proc.terminate()
+        _redis_proc.wait(timeout=10)
+
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A redis-server started for this test session: yields its URL."""
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_server() -> str:
+    """URL of the Redis this test session started."""
+    return os.environ["REDIS_URL"]
 
 
 @pytest.fixture
@@ -31,6 +64,88 @@ def redis_client(redis_server):
 
 
 @pytest.fixture
-def uid():
+def uid() -> str:
     """A short unique suffix so tests sharing the session Redis never collide."""
     return uuid.uuid4().hex[:10]
+
+
+def start_worker(log_path: Path, env: dict | None = None, concurrency: int = 50,
+                 pool: str = "gevent") -> subprocess.Popen:
+    """A real `celery -A payouts_tasks worker` subprocess; returns once it answers a ping."""
+    from payouts_tasks import app
+
+    hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
+    cmd = [sys.executable, "-m", "celery", "-A", "payouts_tasks", "worker",
+           "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO",
+           "--hostname", hostname, "--without-mingle", "--without-gossip"]
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+    proc.log_file = log
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}: see {log_path}")
+        replies = app.control.ping(destination=[hostname.replace("%h", os.uname().nodename)],
+                                   timeout=0.5)
+        if replies:
+            return proc
+    proc.kill()
+    raise RuntimeError(f"worker did not answer a ping within 30 s: see {log_path}")
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def worker(tmp_path_factory):
+    """One real gevent worker for the session (tests that kill workers start their own)."""
+    proc = start_worker(tmp_path_factory.mktemp("worker") / "worker.log")
+    yield proc
+    stop_worker(proc)
+
+
+@pytest.fixture
+def app():
+    from payouts_api import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def store():
+    from payouts_tasks.resources import get_store
+
+    return get_store()
+
+
+@pytest.fixture
+def provider():
+    from payouts_tasks.resources import get_provider
+
+    return get_provider()
+
+
+def wait_for_report(client, batch_id: str, timeout: float = 60.0) -> dict:
+    """Poll GET until the batch is completed; returns the final report."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/api/payouts/{batch_id}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        report = response.get_json()
+        if report["status"] == "completed":
+            return report
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} not completed after {timeout} s: {report}")
