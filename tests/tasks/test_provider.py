@@ -1,0 +1,467 @@
+"""The simulated PIX provider against a real Redis: idempotency, test keys, seeded outcomes.
+
+These are the provider-side guarantees the settle path relies on for "paid exactly once".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from random import Random
+
+import pytest
+import redis
+
+from payouts_tasks.provider import (
+    PermanentProviderError,
+    PixProvider,
+    Transfer,
+    TransientProviderError,
+    simulated,
+)
+from payouts_tasks.provider.simulated import (
+    ATTEMPTS_TTL_S,
+    E2E_ID_LEN,
+    E2E_ID_RE,
+    PERMANENT_REASONS,
+    RANDOM_PERMANENT_CODES,
+    RANDOM_TRANSIENT_CODES,
+    TEST_KEYS,
+    TRANSIENT_REASONS,
+    SimulatedPixProvider,
+    build_provider,
+    make_e2e_id,
+)
+from payouts_tasks.settings import Settings
+
+ISPB = "13935893"
+FIXED_NOW = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
+
+
+def no_sleep(_seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+def make_provider(redis_client):
+    def make(client=None, **kwargs) -> SimulatedPixProvider:
+        kwargs.setdefault("ispb", ISPB)
+        kwargs.setdefault("sleep", no_sleep)
+        return SimulatedPixProvider(client or redis_client, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider) -> SimulatedPixProvider:
+    return make_provider()
+
+
+def pay(provider: PixProvider, key: str, pix_key: str = "someone@example.com",
+        amount_cents: int = 1234, external_id: str | None = None) -> Transfer:
+    return provider.pay(idempotency_key=key, external_id=external_id or f"ext-{key}",
+                        amount_cents=amount_cents, pix_key=pix_key)
+
+
+def outcome(provider: PixProvider, key: str, **kwargs) -> tuple:
+    """One pay call, as a comparable value."""
+    try:
+        transfer = pay(provider, key, **kwargs)
+    except PermanentProviderError as exc:
+        return ("permanent", exc.code, exc.reason)
+    except TransientProviderError as exc:
+        return ("transient", exc.code, exc.reason)
+    return ("settled", transfer.e2e_id)
+
+
+# -- shape ----------------------------------------------------------------------------------------
+
+
+def test_settled_transfer_shape(make_provider, uid):
+    provider = make_provider(clock=lambda: FIXED_NOW)
+    transfer = pay(provider, f"k-{uid}", pix_key=f"ana.{uid}@example.com", amount_cents=150_00,
+                   external_id=f"inv-{uid}")
+
+    assert transfer.status == "settled"
+    assert transfer.idempotency_key == f"k-{uid}"
+    assert transfer.external_id == f"inv-{uid}"
+    assert transfer.amount_cents == 150_00
+    assert transfer.pix_key_masked == "a***@example.com"
+    assert transfer.created_at == "2026-03-14T15:09:26.535Z"
+    assert transfer.failure_code is None and transfer.failure_reason is None
+    assert len(transfer.e2e_id) == E2E_ID_LEN == 32
+    match = E2E_ID_RE.fullmatch(transfer.e2e_id)
+    assert match and match["ispb"] == ISPB and match["timestamp"] == "202603141509"
+    assert provider.lookup(f"k-{uid}") == transfer
+
+
+def test_make_e2e_id_uses_utc_and_validates_ispb():
+    brasilia = timezone(timedelta(hours=-3))
+    e2e = make_e2e_id("00000000", datetime(2026, 12, 31, 22, 30, tzinfo=brasilia), Random(1))
+    assert e2e.startswith("E00000000202701010130") and len(e2e) == 32
+    assert E2E_ID_RE.fullmatch(e2e)
+    naive = make_e2e_id(ISPB, datetime(2026, 1, 2, 3, 4), Random(1))
+    assert naive.startswith(f"E{ISPB}202601020304")
+    assert make_e2e_id(ISPB, FIXED_NOW, Random(7)) == make_e2e_id(ISPB, FIXED_NOW, Random(7))
+    with pytest.raises(ValueError):
+        make_e2e_id("1234567", FIXED_NOW, Random(1))
+    assert not E2E_ID_RE.fullmatch("E" + ISPB + "202613011200" + "a" * 11)  # month 13
+    assert not E2E_ID_RE.fullmatch("E" + ISPB + "202601011200" + "a-b_cdefghi")
+
+
+# -- idempotency -----------------------------------------------------------------------------------
+
+
+def test_same_key_twice_returns_the_original_and_records_one_entry(make_provider, redis_client,
+                                                                   uid):
+    provider = make_provider(prefix=f"pixsim-test:{uid}:")
+    first = pay(provider, f"k-{uid}", amount_cents=100)
+    again = pay(provider, f"k-{uid}", amount_cents=999, external_id="something-else",
+                pix_key="other@example.com")
+
+    assert again == first
+    assert list(provider.transfers()) == [first]
+    assert redis_client.llen(f"pixsim-test:{uid}:transfers") == 1
+    assert provider.attempts(f"k-{uid}") == 1  # the replay never reached the decision step
+
+
+@pytest.mark.parametrize("skip_precheck", [False, True], ids=["natural", "all-reach-create"])
+def test_concurrent_pays_with_the_same_key_make_one_transfer(make_provider, redis_client, uid,
+                                                            skip_precheck):
+    # Real (short) latency so the threads interleave between the lookup and the create.
+    provider = make_provider(prefix=f"pixsim-test:{uid}:", latency_ms=(0, 5), sleep=time.sleep)
+    if skip_precheck:
+        # Blind the replay pre-check so all ten race on the atomic create itself.
+        provider.lookup = lambda _key: None
+    barrier = threading.Barrier(10)
+
+    def worker(_):
+        barrier.wait()
+        return pay(provider, f"k-{uid}")
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(worker, range(10)))
+
+    assert len({r.e2e_id for r in results}) == 1
+    assert all(r == results[0] for r in results)
+    assert list(provider.transfers()) == [results[0]]
+    assert redis_client.llen(f"pixsim-test:{uid}:transfers") == 1
+    if skip_precheck:
+        assert provider.attempts(f"k-{uid}") == 10
+
+
+def test_default_prefix_is_pixsim(provider, redis_client, uid):
+    transfer = pay(provider, f"k-{uid}")
+    stored = json.loads(redis_client.get(f"pixsim:transfer:k-{uid}"))
+    assert stored["e2e_id"] == transfer.e2e_id
+    assert f"k-{uid}" in redis_client.lrange("pixsim:transfers", -50, -1)
+    assert 0 < redis_client.ttl(f"pixsim:attempts:k-{uid}") <= ATTEMPTS_TTL_S
+
+
+def test_transfers_in_creation_order_across_pages(make_provider, monkeypatch, uid):
+    monkeypatch.setattr(simulated, "_INDEX_CHUNK", 2)
+    provider = make_provider(prefix=f"pixsim-test:{uid}:")
+    made = [pay(provider, f"k{i}-{uid}") for i in range(3)]
+    with pytest.raises(PermanentProviderError):
+        pay(provider, f"k3-{uid}", pix_key="fail.ac06@pix.test")
+    made.append(provider.lookup(f"k3-{uid}"))
+    made.append(pay(provider, f"k4-{uid}"))
+
+    listed = list(provider.transfers())
+    assert [t.idempotency_key for t in listed] == [f"k{i}-{uid}" for i in range(5)]
+    assert listed == made
+    assert [t.status for t in listed] == ["settled"] * 3 + ["rejected", "settled"]
+
+
+def test_lookup_unknown_key_is_none(provider, uid):
+    assert provider.lookup(f"never-{uid}") is None
+
+
+# -- test keys -------------------------------------------------------------------------------------
+
+PERMANENT_TEST_KEYS = {
+    "fail.ac03@pix.test": "AC03",
+    "fail.ac06@pix.test": "AC06",
+    "fail.am02@pix.test": "AM02",
+    "fail.be01@pix.test": "BE01",
+    "fail.ds04@pix.test": "DS04",
+    "fail.dict@pix.test": "DICT_KEY_NOT_FOUND",
+}
+
+
+@pytest.mark.parametrize(("pix_key", "code"), sorted(PERMANENT_TEST_KEYS.items()))
+def test_permanent_test_keys_are_rejected_recorded_and_replayed(provider, uid, pix_key, code):
+    key = f"k-{uid}"
+    with pytest.raises(PermanentProviderError) as first:
+        pay(provider, key, pix_key=pix_key, amount_cents=500)
+    assert first.value.code == code
+    assert first.value.reason == PERMANENT_REASONS[code]
+
+    recorded = provider.lookup(key)
+    assert recorded.status == "rejected"
+    assert recorded.e2e_id is None
+    assert recorded.failure_code == code
+    assert recorded.amount_cents == 500
+    assert recorded.pix_key_masked == "f***@pix.test"
+    assert "e2e_id" not in recorded.as_dict()
+
+    with pytest.raises(PermanentProviderError) as replay:
+        pay(provider, key, pix_key="someone@example.com")  # replay ignores the new arguments
+    assert (replay.value.code, replay.value.reason) == (first.value.code, first.value.reason)
+    assert provider.attempts(key) == 1
+
+
+def test_test_keys_match_case_insensitively_after_normalising(provider, uid):
+    with pytest.raises(PermanentProviderError) as exc:
+        pay(provider, f"k-{uid}", pix_key="  Fail.AC03@PIX.test ")
+    assert exc.value.code == "AC03"
+
+
+def test_timeout_twice_then_settles(make_provider, uid):
+    # Rates at 1.0 prove test keys win over random outcomes.
+    provider = make_provider(permanent_failure_rate=1.0, transient_failure_rate=1.0)
+    key = f"k-{uid}"
+    for _ in range(2):
+        with pytest.raises(TransientProviderError) as exc:
+            pay(provider, key, pix_key="timeout.twice@pix.test")
+        assert exc.value.code == "AB03"
+        assert exc.value.reason == TRANSIENT_REASONS["AB03"]
+        assert provider.lookup(key) is None  # a transient error records nothing
+    transfer = pay(provider, key, pix_key="timeout.twice@pix.test")
+    assert transfer.status == "settled" and E2E_ID_RE.fullmatch(transfer.e2e_id)
+    assert provider.attempts(key) == 3
+    assert pay(provider, key, pix_key="timeout.twice@pix.test") == transfer
+
+
+@pytest.mark.parametrize(("pix_key", "code"), [("flaky.ab09@pix.test", "AB09"),
+                                               ("dict.503@pix.test", "DICT_UNAVAILABLE")])
+def test_transient_once_then_settles(provider, uid, pix_key, code):
+    key = f"k-{uid}"
+    with pytest.raises(TransientProviderError) as exc:
+        pay(provider, key, pix_key=pix_key)
+    assert exc.value.code == code
+    assert provider.lookup(key) is None
+    assert pay(provider, key, pix_key=pix_key).status == "settled"
+
+
+def test_timeout_always_never_settles_and_records_nothing(make_provider, redis_client, uid):
+    provider = make_provider(prefix=f"pixsim-test:{uid}:")
+    key = f"k-{uid}"
+    for _ in range(8):
+        with pytest.raises(TransientProviderError) as exc:
+            pay(provider, key, pix_key="timeout.always@pix.test")
+        assert exc.value.code == "AB03"
+    assert provider.lookup(key) is None
+    assert list(provider.transfers()) == []
+    assert redis_client.keys(f"pixsim-test:{uid}:transfer*") == []
+    assert provider.attempts(key) == 8
+
+
+def test_settle_then_timeout_records_the_transfer_but_answers_ab03(make_provider, uid):
+    provider = make_provider(prefix=f"pixsim-test:{uid}:")
+    key = f"k-{uid}"
+    with pytest.raises(TransientProviderError) as exc:
+        pay(provider, key, pix_key="settle.then.timeout@pix.test", amount_cents=777)
+    assert exc.value.code == "AB03"
+
+    found = provider.lookup(key)
+    assert found is not None and found.status == "settled" and found.amount_cents == 777
+    assert E2E_ID_RE.fullmatch(found.e2e_id)
+    assert pay(provider, key, pix_key="settle.then.timeout@pix.test") == found
+    assert list(provider.transfers()) == [found]
+
+
+def test_test_keys_are_documented_lowercase_emails():
+    assert set(TEST_KEYS) >= set(PERMANENT_TEST_KEYS) | {
+        "timeout.twice@pix.test", "flaky.ab09@pix.test", "dict.503@pix.test",
+        "timeout.always@pix.test", "settle.then.timeout@pix.test"}
+    for key, description in TEST_KEYS.items():
+        assert key == key.strip().lower() and key.endswith("@pix.test")
+        assert description and "\n" not in description
+
+
+# -- random outcomes -------------------------------------------------------------------------------
+
+
+def run_until_final(provider: PixProvider, keys: list[str], max_attempts: int = 6) -> dict:
+    """Per key, the sequence of outcomes a caller retrying transients would see."""
+    seen = {}
+    for key in keys:
+        seq = []
+        for _ in range(max_attempts):
+            seq.append(outcome(provider, key))
+            if seq[-1][0] != "transient":
+                break
+        seen[key] = seq
+    return seen
+
+
+def test_seeded_outcomes_are_deterministic_whatever_the_order(make_provider, uid):
+    keys = [f"item-{i}" for i in range(40)]
+    rates = {"permanent_failure_rate": 0.3, "transient_failure_rate": 0.3}
+
+    def fresh(run: str, seed: str) -> SimulatedPixProvider:
+        return make_provider(prefix=f"pixsim-test:{uid}:{run}:", seed=seed,
+                             clock=lambda: FIXED_NOW, **rates)
+
+    sequential = run_until_final(fresh("a", "s1"), keys)
+    reversed_run = run_until_final(fresh("b", "s1"), list(reversed(keys)))
+    # Keys processed concurrently, one thread per key, in whatever order the scheduler picks.
+    threaded_provider = fresh("c", "s1")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parts = list(pool.map(lambda k: run_until_final(threaded_provider, [k]), keys))
+    threaded = {k: v for part in parts for k, v in part.items()}
+
+    assert sequential == reversed_run == threaded
+    kinds = {seq[-1][0] for seq in sequential.values()}
+    assert kinds == {"settled", "permanent"}  # a mix, so the comparison means something
+    assert any(len(seq) > 1 for seq in sequential.values())  # and some transients first
+
+    other_seed = run_until_final(fresh("d", "s2"), keys)
+    assert other_seed != sequential
+
+
+def test_permanent_rate_one_always_rejects_with_a_catalogue_code(make_provider, uid):
+    provider = make_provider(permanent_failure_rate=1.0, seed=uid)
+    codes = set()
+    for i in range(30):
+        with pytest.raises(PermanentProviderError) as exc:
+            pay(provider, f"k{i}-{uid}")
+        codes.add(exc.value.code)
+        assert provider.lookup(f"k{i}-{uid}").status == "rejected"
+    assert codes <= set(RANDOM_PERMANENT_CODES) and len(codes) > 1
+
+
+def test_transient_rate_one_always_fails_and_records_nothing(make_provider, uid):
+    provider = make_provider(transient_failure_rate=1.0)  # unseeded
+    for i in range(20):
+        with pytest.raises(TransientProviderError) as exc:
+            pay(provider, f"k{i}-{uid}")
+        assert exc.value.code in RANDOM_TRANSIENT_CODES
+        assert provider.lookup(f"k{i}-{uid}") is None
+
+
+def test_random_rejection_is_replayed_not_redrawn(make_provider, uid):
+    provider = make_provider(permanent_failure_rate=1.0)
+    key = f"k-{uid}"
+    with pytest.raises(PermanentProviderError) as first:
+        pay(provider, key)
+    healed = make_provider(permanent_failure_rate=0.0)
+    for _ in range(3):
+        with pytest.raises(PermanentProviderError) as again:
+            pay(healed, key)
+        assert (again.value.code, again.value.reason) == (first.value.code, first.value.reason)
+
+
+# -- privacy, clients, latency, wiring -----------------------------------------------------------
+
+
+def test_only_the_masked_pix_key_reaches_redis(make_provider, redis_client, uid):
+    provider = make_provider()
+    raw_keys = {
+        f"maria.silva.{uid}@example.com": "m***@example.com",
+        "+5511912345678": "+55*******5678",
+        "12345678909": "***456789**",
+        f"{uid}-4e7b-9d2c-0a1b2c3d4e5f": None,
+    }
+    for i, raw in enumerate(raw_keys):
+        pay(provider, f"k{i}-{uid}", pix_key=raw)
+    with pytest.raises(PermanentProviderError):
+        pay(provider, f"kx-{uid}", pix_key="fail.be01@pix.test")
+    with pytest.raises(TransientProviderError):
+        pay(provider, f"ky-{uid}", pix_key="settle.then.timeout@pix.test")
+
+    for i, (raw, masked) in enumerate(raw_keys.items()):
+        stored = provider.lookup(f"k{i}-{uid}")
+        assert stored.pix_key_masked != raw
+        if masked:
+            assert stored.pix_key_masked == masked
+
+    everything = []
+    for name in redis_client.scan_iter(match="pixsim:*", count=1000):
+        everything.append(name)
+        kind = redis_client.type(name)
+        if kind == "string":
+            everything.append(redis_client.get(name))
+        elif kind == "list":
+            everything.extend(redis_client.lrange(name, 0, -1))
+        elif kind == "hash":
+            everything.extend(f"{k}={v}" for k, v in redis_client.hgetall(name).items())
+        elif kind == "zset":
+            everything.extend(redis_client.zrange(name, 0, -1))
+    blob = "\n".join(everything)
+    for raw in [*raw_keys, "fail.be01@pix.test", "settle.then.timeout@pix.test"]:
+        assert raw not in blob
+
+
+def test_works_with_a_bytes_client(make_provider, redis_server, redis_client, uid):
+    bytes_client = redis.Redis.from_url(redis_server)  # decode_responses=False
+    try:
+        provider = make_provider(bytes_client, prefix=f"pixsim-test:{uid}:")
+        transfer = pay(provider, f"k1-{uid}")
+        assert isinstance(transfer.e2e_id, str) and E2E_ID_RE.fullmatch(transfer.e2e_id)
+        assert pay(provider, f"k1-{uid}") == transfer
+        assert provider.lookup(f"k1-{uid}") == transfer
+        with pytest.raises(PermanentProviderError) as exc:
+            pay(provider, f"k2-{uid}", pix_key="fail.ds04@pix.test")
+        with pytest.raises(PermanentProviderError) as replay:
+            pay(provider, f"k2-{uid}")
+        assert exc.value.code == replay.value.code == "DS04"
+        assert provider.attempts(f"k2-{uid}") == 1
+        assert [t.idempotency_key for t in provider.transfers()] == [f"k1-{uid}", f"k2-{uid}"]
+
+        # The same ledger read through a str client gives the same answers.
+        same = make_provider(redis_client, prefix=f"pixsim-test:{uid}:")
+        assert list(same.transfers()) == list(provider.transfers())
+    finally:
+        bytes_client.close()
+
+
+def test_latency_sleeps_within_the_range_on_every_call(make_provider, uid):
+    slept = []
+    provider = make_provider(latency_ms=(200, 300), sleep=slept.append)
+    pay(provider, f"k-{uid}")
+    pay(provider, f"k-{uid}")  # a replay is a call too
+    with pytest.raises(TransientProviderError):
+        pay(provider, f"t-{uid}", pix_key="timeout.always@pix.test")
+    assert len(slept) == 3 and all(0.2 <= s <= 0.3 for s in slept)
+
+    silent = []
+    pay(make_provider(latency_ms=(0, 0), sleep=silent.append), f"z-{uid}")
+    assert silent == []
+
+
+def test_constructor_rejects_bad_configuration(redis_client):
+    with pytest.raises(ValueError):
+        SimulatedPixProvider(redis_client, ispb="123")
+    with pytest.raises(ValueError):
+        SimulatedPixProvider(redis_client, ispb=ISPB, latency_ms=(10, 5))
+    with pytest.raises(ValueError):
+        SimulatedPixProvider(redis_client, ispb=ISPB, permanent_failure_rate=1.5)
+    with pytest.raises(ValueError):
+        SimulatedPixProvider(redis_client, ispb=ISPB, transient_failure_rate=-0.1)
+
+
+def test_build_provider_reads_the_settings(redis_client, uid):
+    settings = Settings.from_env({
+        "PIX_SIM_ISPB": "00000000",
+        "PIX_SIM_LATENCY_MS": "10-20",
+        "PIX_SIM_PERMANENT_FAILURE_RATE": "0.25",
+        "PIX_SIM_TRANSIENT_FAILURE_RATE": "0.5",
+        "PIX_SIM_SEED": "42",
+    })
+    provider = build_provider(settings, redis_client, sleep=no_sleep)
+    assert isinstance(provider, PixProvider)
+    assert provider.ispb == "00000000"
+    assert provider.latency_ms == (10, 20)
+    assert provider.permanent_failure_rate == 0.25
+    assert provider.transient_failure_rate == 0.5
+    assert provider.seed == "42"
+
+    defaults = build_provider(Settings.from_env({}), redis_client, sleep=no_sleep)
+    assert defaults.seed is None and defaults.latency_ms == (500, 2000)
+    transfer = pay(defaults, f"k-{uid}")
+    assert transfer.e2e_id.startswith("E13935893")
