@@ -8,7 +8,12 @@ from payouts_tasks.settings import get_settings
 _settings = get_settings()
 
 broker_url = _settings.broker_url
-result_backend = _settings.result_backend
+# "class+url": Celery's stock Redis backend without per-task result subscriptions (see module).
+result_backend = (
+    f"payouts_tasks.result_backend:PublishOnlyRedisBackend+{_settings.result_backend}"
+    if _settings.result_backend.startswith(("redis://", "rediss://", "unix://"))
+    else _settings.result_backend
+)
 
 task_serializer = "json"
 result_serializer = "json"

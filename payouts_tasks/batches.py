@@ -37,16 +37,23 @@ def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,
 
     Returns False for a replay of an existing batch (nothing re-enqueued). Settle tasks wait
     while the batch is still `accepting`, so nothing is paid for a batch that ends up refused.
+    A replay of a batch whose publisher died before opening it publishes it again.
     """
-    created, _state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by)
-    if not created:
-        return False
-    try:
+    created, state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by)
+    if created:
+        try:
+            publish_batch(batch_id, len(orders))
+        except Exception:
+            log.exception("publishing batch %s failed; discarding it", batch_id)
+            with contextlib.suppress(redis.RedisError):
+                store.discard_batch(batch_id)
+            raise
+        store.open_batch(batch_id)
+        return True
+    if state == "accepting" and store.take_over_publishing(batch_id):
+        # Its first publisher died: publish again (settle is idempotent per item, so messages
+        # it had already sent cannot pay twice). On failure keep it; the next replay retries.
+        log.warning("batch %s was left unopened; publishing it again", batch_id)
         publish_batch(batch_id, len(orders))
-    except Exception:
-        log.exception("publishing batch %s failed; discarding it", batch_id)
-        with contextlib.suppress(redis.RedisError):
-            store.discard_batch(batch_id)
-        raise
-    store.open_batch(batch_id)
-    return True
+        store.open_batch(batch_id)
+    return False

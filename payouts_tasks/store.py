@@ -124,6 +124,14 @@ finish(KEYS[1], KEYS[2], idx, item, outcome)
 return {outcome}
 """
 
+# KEYS: batch, publisher lease. ARGV: lease seconds. A publisher that died before opening its
+# batch leaves it `accepting`; once its lease expired, the next replay may publish it again.
+_TAKE_OVER_PUBLISHING = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'accepting' then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
+"""
+
 # KEYS: batch. ARGV: now. Marks the batch completed once every item is final.
 _COMPLETE_BATCH = """
 local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
@@ -190,6 +198,10 @@ def _keys(batch_id: str) -> tuple[str, str, str]:
     return base, base + ":items", base + ":orders"
 
 
+def _lease_key(batch_id: str) -> str:
+    return _batch_key(batch_id) + ":publisher"
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -202,6 +214,7 @@ class PayoutStore:
         self._begin = client.register_script(_BEGIN_SETTLEMENT)
         self._record = client.register_script(_RECORD_OUTCOME)
         self._complete = client.register_script(_COMPLETE_BATCH)
+        self._take_over = client.register_script(_TAKE_OVER_PUBLISHING)
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -210,11 +223,12 @@ class PayoutStore:
     # -- accepting a batch -------------------------------------------------------------
 
     def create_batch(self, batch_id: str, payload_fingerprint: str, orders: Sequence[Order],
-                     submitted_by: str = "") -> tuple[bool, str]:
+                     submitted_by: str = "", publish_lease_s: int = 60) -> tuple[bool, str]:
         """Write a new batch in state `accepting`, or find the existing one.
 
         Returns (created, state). Raises BatchConflict when batch_id exists with another payload.
         WATCH makes the existence check and the write one atomic step against a racing POST.
+        The creator holds a publishing lease so a concurrent replay does not publish it too.
         """
         batch_key, items_key, orders_key = _keys(batch_id)
         first_seen: dict[str, int] = {}
@@ -261,18 +275,27 @@ class PayoutStore:
                     })
                     pipe.hset(items_key, mapping=items)
                     pipe.hset(orders_key, mapping=private)
+                    pipe.set(_lease_key(batch_id), "1", ex=publish_lease_s)
                     pipe.execute()
                     return True, "accepting"
                 except redis.WatchError:
                     continue
 
+    def take_over_publishing(self, batch_id: str, publish_lease_s: int = 60) -> bool:
+        """True when the batch is still `accepting` and its publisher's lease has expired."""
+        return bool(self._take_over(keys=[_batch_key(batch_id), _lease_key(batch_id)],
+                                    args=[publish_lease_s]))
+
     def open_batch(self, batch_id: str) -> None:
         """The chord is published: let the settle tasks start."""
-        self.client.hset(_batch_key(batch_id), "state", "processing")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(_batch_key(batch_id), "state", "processing")
+            pipe.delete(_lease_key(batch_id))
+            pipe.execute()
 
     def discard_batch(self, batch_id: str) -> None:
         """Remove a batch whose chord could not be published (nothing was settled: still accepting)."""
-        self.client.delete(*_keys(batch_id))
+        self.client.delete(*_keys(batch_id), _lease_key(batch_id))
 
     # -- settling one item -------------------------------------------------------------
 

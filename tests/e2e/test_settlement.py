@@ -266,3 +266,25 @@ def test_five_hundred_items_complete(client, provider, uid):
     assert_counts_add_up(report)
     settled = {t.external_id for t in provider.transfers() if t.external_id.endswith(uid)}
     assert len(settled) == 500
+
+
+def test_batch_left_unopened_by_a_dead_publisher_is_published_by_a_replay(client, store, uid):
+    from payouts_tasks.store import Order, fingerprint
+
+    batch_id = f"orphaned-{uid}"
+    items = [item(f"o{i}-{uid}") for i in range(3)]
+    payload = {"batch_id": batch_id, "items": items}
+    orders = [Order(i, it["external_id"], it["user_id"], it["amount_cents"], it["pix_key"], "x")
+              for i, it in enumerate(items)]
+    # What an API process that died between writing the batch and publishing its chord leaves.
+    assert store.create_batch(batch_id, fingerprint(payload), orders, publish_lease_s=1)[0]
+
+    within_lease = post(client, batch_id, items)
+    assert within_lease.status_code == 200
+    assert store.batch_state(batch_id) == "accepting"  # the publisher may still be alive
+
+    time.sleep(1.2)
+    assert post(client, batch_id, items).status_code == 200
+
+    report = wait_for_report(client, batch_id)
+    assert report["successful"] == 3
