@@ -5,15 +5,10 @@ from __future__ import annotations
 import logging
 
 from payouts_tasks.celery_app import app
+from payouts_tasks.report import summary_line
 from payouts_tasks.resources import get_store
 
 log = logging.getLogger(__name__)
-
-
-def summary_line(report: dict) -> str:
-    """The one-line summary the CLI and logs print (SPEC §4)."""
-    return (f"Processed: {report['processed']} | Paid: {report['successful']} | "
-            f"Failed: {report['failed']} | Duplicates: {report['duplicates']}")
 
 
 @app.task(bind=True, name="payouts.aggregate", max_retries=30)

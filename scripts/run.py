@@ -1,0 +1,124 @@
+"""`make run`: the API, a Celery worker and Flower under honcho (see Procfile).
+
+When nothing answers at REDIS_URL and it names this machine, a private redis-server is started
+on that port (data in var/redis) and stopped again on exit, so a machine with only Python can
+run the product. Settings come from the environment, then `.env` (which wins, as in honcho).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from honcho.environ import parse as parse_dotenv
+
+from payouts_cli.local_redis import RedisUnavailable, is_answering, start_redis
+from payouts_tasks.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def say(message: str) -> None:
+    print(f"run: {message}", file=sys.stderr, flush=True)
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def load_env() -> dict[str, str]:
+    """os.environ overlaid with `.env`, exactly what honcho will hand the processes."""
+    env = dict(os.environ)
+    dotenv = ROOT / ".env"
+    if dotenv.is_file():
+        env.update(parse_dotenv(dotenv.read_text()))
+    return env
+
+
+def local_redis_port(url: str) -> int | None:
+    """The port to start a redis-server on, or None when the URL is not ours to serve."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or parts.hostname not in LOCAL_HOSTS or parts.password:
+        return None
+    return parts.port or 6379
+
+
+def start_local_redis(port: int) -> subprocess.Popen:
+    """Start redis-server with SIGINT blocked, so Ctrl-C stops the app first and Redis last."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return start_redis(port, ROOT / "var" / "redis")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def run_honcho(env: dict[str, str]) -> int:
+    """Run `honcho start`, forwarding SIGINT/SIGTERM to it; return its exit code."""
+    honcho = VENV_BIN / "honcho"
+    # honcho hands the first process $PORT (its own default is 5000): make it the API's port.
+    cmd = [str(honcho), "start", "-f", "Procfile", "--port", env["PORT"]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return proc.wait()
+
+
+def main() -> int:
+    env = load_env()
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        say(f"invalid setting: {exc}")
+        return 2
+    env["REDIS_URL"] = settings.redis_url
+    env["PORT"] = env.get("PORT") or "8000"
+    # The Procfile names gunicorn and celery: find the venv's even when it is not activated.
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    for name in [k for k, v in env.items() if k.startswith("FLOWER_") and not v]:
+        del env[name]  # flower parses every FLOWER_* variable and fails on an empty one
+
+    redis_proc = None
+    if not is_answering(settings.redis_url, timeout=1.0):
+        port = local_redis_port(settings.redis_url)
+        if port is None:
+            say(f"nothing answers at REDIS_URL={redact(settings.redis_url)}; start that Redis "
+                "or point REDIS_URL at one (a local URL without password gets one started)")
+            return 1
+        try:
+            redis_proc = start_local_redis(port)
+        except RedisUnavailable as exc:
+            say(f"could not start a local Redis on port {port}: {exc}")
+            return 1
+        say(f"no Redis answered at {settings.redis_url}: started redis-server on port {port} "
+            f"(pid {redis_proc.pid}, data in var/redis); it stops when this does")
+
+    say(f"API http://127.0.0.1:{env['PORT']} (docs at /docs), "
+        f"Flower http://127.0.0.1:{env.get('FLOWER_PORT') or 5555}; Ctrl-C stops everything")
+    try:
+        return run_honcho(env)
+    finally:
+        if redis_proc is not None:
+            say("stopping the local redis-server")
+            redis_proc.terminate()
+            try:
+                redis_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                redis_proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
