@@ -157,6 +157,7 @@ class Order:
     amount_cents: int
     pix_key: str
     pix_key_masked: str
+    pix_key_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,14 +235,17 @@ class PayoutStore:
         first_seen: dict[str, int] = {}
         items, private = {}, {}
         for order in orders:
-            items[str(order.index)] = json.dumps({
+            public = {
                 "external_id": order.external_id,
                 "user_id": order.user_id,
                 "amount_cents": order.amount_cents,
                 "pix_key": order.pix_key_masked,
                 "status": "pending",
                 "attempts": 0,
-            }, separators=(",", ":"))
+            }
+            if order.pix_key_type:
+                public["pix_key_type"] = order.pix_key_type
+            items[str(order.index)] = json.dumps(public, separators=(",", ":"))
             record = {"external_id": order.external_id, "amount_cents": order.amount_cents,
                       "pix_key": order.pix_key}
             if order.external_id in first_seen:  # a repeat waits for the previous occurrence
