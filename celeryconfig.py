@@ -32,6 +32,9 @@ task_track_started = False
 # stay far below it (settings.py enforces that) so a waiting retry is never delivered twice.
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout_s,
+    # Look for messages of dead workers every few seconds (kombu's default is ~100 s).
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
     # gevent runs hundreds of tasks in one process: the pool must not run out of connections.
     "max_connections": max(_settings.worker_concurrency * 2, 100),
 }
@@ -42,6 +45,20 @@ broker_connection_retry_on_startup = True
 
 # One message at a time per concurrency slot: a crashed worker strands as few messages as possible.
 worker_prefetch_multiplier = 1
+
+# Chord counting and results go through the backend: ride out a Redis restart instead of
+# failing the chord. (The sweeper completes a chord whose callback was lost anyway.)
+result_backend_always_retry = True
+result_backend_max_retries = 30
+
+# The provider's own deadline answers first (AB03); the hard limit is the backstop for a call
+# that hangs. A settle killed by it is re-driven by the sweeper, which settles it from the
+# provider's ledger once its attempts are used up.
+task_annotations = {"payouts.settle": {"time_limit": _settings.settle_time_limit_s}}
+
+beat_schedule = {
+    "sweep-unfinished-batches": {"task": "payouts.sweep", "schedule": float(_settings.sweep_interval_s)},
+}
 
 result_expires = 7 * 24 * 3600
 result_extended = False

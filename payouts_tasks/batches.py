@@ -19,16 +19,20 @@ from payouts_tasks.store import Order, PayoutStore
 log = logging.getLogger(__name__)
 
 
-def batch_chord(batch_id: str, total: int) -> chord:
-    # ignore_result: settle outcomes live in the status key; the chord still counts each part,
-    # and the publisher does not subscribe to one result channel per item.
-    header = [settle.si(batch_id, i).set(ignore_result=True) for i in range(total)]
+def batch_chord(batch_id: str, indexes: Sequence[int]) -> chord:
+    # ignore_result: settle outcomes live in the status key; the chord still counts each part.
+    header = [settle.si(batch_id, i).set(ignore_result=True) for i in indexes]
     return chord(header, aggregate.si(batch_id))
 
 
+def publish_items(batch_id: str, indexes: Sequence[int]) -> str:
+    """Publish a chord settling these items of the batch; returns the aggregate task's id."""
+    return batch_chord(batch_id, indexes).apply_async().id
+
+
 def publish_batch(batch_id: str, total: int) -> str:
-    """Publish the batch's chord; returns the id of the aggregate task."""
-    return batch_chord(batch_id, total).apply_async().id
+    """Publish the batch's chord: every item, then aggregate."""
+    return publish_items(batch_id, range(total))
 
 
 def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,

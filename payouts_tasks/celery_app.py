@@ -2,5 +2,8 @@
 
 from celery import Celery
 
-app = Celery("payouts_tasks", include=["payouts_tasks.settle", "payouts_tasks.aggregate"])
+app = Celery(
+    "payouts_tasks",
+    include=["payouts_tasks.settle", "payouts_tasks.aggregate", "payouts_tasks.sweeper"],
+)
 app.config_from_object("celeryconfig")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from payouts_tasks.provider import PixProvider
 from payouts_tasks.settings import get_settings
@@ -16,7 +18,19 @@ from payouts_tasks.store import PayoutStore
 
 @lru_cache(maxsize=1)
 def store_client() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().store_url, health_check_interval=30)
+    """Retries through a Redis restart (about a minute) instead of failing the task.
+
+    Every script the store runs is idempotent in effect, so a command replayed after a dropped
+    reply cannot count or pay twice.
+    """
+    return redis.Redis.from_url(
+        get_settings().store_url,
+        health_check_interval=30,
+        socket_connect_timeout=2,
+        socket_timeout=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 @lru_cache(maxsize=1)

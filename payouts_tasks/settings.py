@@ -91,6 +91,11 @@ class Settings:
     provider_transient_failure_rate: float
     provider_seed: str | None
     provider_ispb: str
+    provider_settlement_timeout_s: float
+    settle_time_limit_s: int
+    sweep_interval_s: int
+    stall_after_s: int
+    fault_crash_after_pay: str
     api_url: str
 
     @classmethod
@@ -108,6 +113,11 @@ class Settings:
                 "PAYOUTS_RETRY_BACKOFF_MAX_S must stay well below PAYOUTS_VISIBILITY_TIMEOUT_S "
                 "(a countdown past the visibility timeout causes a redelivery)"
             )
+        settlement_timeout = _float(env, "PIX_SIM_SETTLEMENT_TIMEOUT_S", 40.0, 0.1, 3600.0)
+        time_limit = _int(env, "PAYOUTS_SETTLE_TIME_LIMIT_S", 120, minimum=1)
+        if time_limit <= settlement_timeout:
+            raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must exceed PIX_SIM_SETTLEMENT_TIMEOUT_S "
+                                "(the provider's deadline answers first; the time limit is the backstop)")
         return cls(
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
@@ -131,6 +141,11 @@ class Settings:
             provider_transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),
             provider_seed=env.get("PIX_SIM_SEED") or None,
             provider_ispb=ispb,
+            provider_settlement_timeout_s=settlement_timeout,
+            settle_time_limit_s=time_limit,
+            sweep_interval_s=_int(env, "PAYOUTS_SWEEP_INTERVAL_S", 30, minimum=1),
+            stall_after_s=_int(env, "PAYOUTS_STALL_AFTER_S", 300, minimum=1),
+            fault_crash_after_pay=env.get("PAYOUTS_FAULT_CRASH_AFTER_PAY") or "",
             api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
         )
 

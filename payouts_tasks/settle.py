@@ -12,6 +12,7 @@ import random
 import time
 
 from payouts_tasks.celery_app import app
+from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.provider import PermanentProviderError, TransientProviderError
 from payouts_tasks.resources import get_provider, get_store
 from payouts_tasks.settings import get_settings
@@ -20,6 +21,7 @@ from payouts_tasks.store import idempotency_key
 log = logging.getLogger(__name__)
 
 GAVE_UP_WAITING = "INFLIGHT_TIMEOUT"
+NO_OUTCOME = "AB03"
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -43,6 +45,13 @@ def settle(self, batch_id: str, index: int, waiting_since: float | None = None) 
     order = decision.order
     key = idempotency_key(order["external_id"], decision.claim_generation)
     provider = get_provider()
+    if decision.attempts > get_settings().settle_max_attempts:
+        # Earlier attempts ended without an answer (worker killed, time limit): stop calling
+        # the provider and settle the item on what its ledger says for our key.
+        outcome = _settle_from_lookup(batch_id, index, key, NO_OUTCOME,
+                                      f"no provider answer after {decision.attempts - 1} attempts")
+        log.warning("settle batch=%s item=%s attempts exhausted: %s", batch_id, index, outcome)
+        return outcome
     try:
         transfer = provider.pay(idempotency_key=key, external_id=order["external_id"],
                                 amount_cents=order["amount_cents"], pix_key=order["pix_key"])
@@ -54,19 +63,23 @@ def settle(self, batch_id: str, index: int, waiting_since: float | None = None) 
                      batch_id, index, decision.attempts, exc.code)
             raise self.retry(countdown=backoff_seconds(decision.attempts)) from exc
         # Out of attempts: the last call's outcome is unknown, so ask before calling it failed.
-        transfer = provider.lookup(key)
-        if transfer is not None and transfer.status == "settled":
-            outcome = store.record_paid(batch_id, index, transfer.e2e_id)
-        else:
-            outcome = store.record_failed(
-                batch_id, index, exc.code,
-                f"{exc.reason} (gave up after {decision.attempts} attempts)")
+        outcome = _settle_from_lookup(batch_id, index, key, exc.code,
+                                      f"{exc.reason} (gave up after {decision.attempts} attempts)")
     else:
+        crash_after_pay(order["external_id"])
         outcome = store.record_paid(batch_id, index, transfer.e2e_id)
 
     log.info("settle batch=%s item=%s external_id=%s attempt=%s outcome=%s",
              batch_id, index, order["external_id"], decision.attempts, outcome)
     return outcome
+
+
+def _settle_from_lookup(batch_id: str, index: int, key: str, code: str, reason: str) -> str:
+    """Paid if the provider holds a settled transfer under our key, else failed (no money moved)."""
+    transfer = get_provider().lookup(key)
+    if transfer is not None and transfer.status == "settled":
+        return get_store().record_paid(batch_id, index, transfer.e2e_id)
+    return get_store().record_failed(batch_id, index, code, reason)
 
 
 def _wait(task, batch_id: str, index: int, waiting_since: float | None, reason: str) -> str:

@@ -10,12 +10,15 @@ Keys
 - `payouts:batch:{batch_id}:orders`   hash: index -> what settle needs (full pix_key); never shown
 - `payouts:claim:{external_id}`       hash: who holds or paid this external_id, and the
                                        claim generation that feeds the idempotency key
+- `payouts:batches`                   sorted set: every batch_id by creation time (reconciliation)
+- `payouts:batches:open`              set: batches not yet completed (the sweeper's work list)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,17 +27,24 @@ import redis
 
 PREFIX = "payouts:"
 CLAIM_PREFIX = PREFIX + "claim:"
+ALL_BATCHES = PREFIX + "batches"
+OPEN_BATCHES = PREFIX + "batches:open"
 FINAL_STATUSES = ("paid", "failed", "duplicate")
 
 # Shared Lua: decode an item, move it to a final status and bump the counters together.
 _LUA_COMMON = """
 local FINAL = {paid=true, failed=true, duplicate=true}
 local COUNTER = {paid='successful', failed='failed', duplicate='duplicates'}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function finish(batch_key, items_key, idx, item, status)
   item.status = status
   redis.call('HSET', items_key, idx, cjson.encode(item))
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, COUNTER[status], 1)
+  redis.call('HSET', batch_key, 'progress_ms', now_ms())
 end
 """
 
@@ -132,13 +142,14 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
 return 0
 """
 
-# KEYS: batch. ARGV: now. Marks the batch completed once every item is final.
+# KEYS: batch, open-batches set. ARGV: now, batch_id. Completes the batch once every item is final.
 _COMPLETE_BATCH = """
 local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
 if not b[1] then return {'orphan'} end
 if b[1] == 'completed' then return {'completed'} end
 if tonumber(b[2]) < tonumber(b[3]) then return {'incomplete', b[2], b[3]} end
 redis.call('HSET', KEYS[1], 'state', 'completed', 'completed_at', ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
 return {'completed'}
 """
 
@@ -276,10 +287,13 @@ class PayoutStore:
                         "created_at": utcnow(),
                         "completed_at": "",
                         "submitted_by": submitted_by,
+                        "progress_ms": int(time.time() * 1000),
                     })
                     pipe.hset(items_key, mapping=items)
                     pipe.hset(orders_key, mapping=private)
                     pipe.set(_lease_key(batch_id), "1", ex=publish_lease_s)
+                    pipe.zadd(ALL_BATCHES, {batch_id: time.time()})
+                    pipe.sadd(OPEN_BATCHES, batch_id)
                     pipe.execute()
                     return True, "accepting"
                 except redis.WatchError:
@@ -293,13 +307,18 @@ class PayoutStore:
     def open_batch(self, batch_id: str) -> None:
         """The chord is published: let the settle tasks start."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(_batch_key(batch_id), "state", "processing")
+            pipe.hset(_batch_key(batch_id), mapping={"state": "processing",
+                                                      "progress_ms": int(time.time() * 1000)})
             pipe.delete(_lease_key(batch_id))
             pipe.execute()
 
     def discard_batch(self, batch_id: str) -> None:
         """Remove a batch whose chord could not be published (nothing was settled: still accepting)."""
-        self.client.delete(*_keys(batch_id), _lease_key(batch_id))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*_keys(batch_id), _lease_key(batch_id))
+            pipe.zrem(ALL_BATCHES, batch_id)
+            pipe.srem(OPEN_BATCHES, batch_id)
+            pipe.execute()
 
     # -- settling one item -------------------------------------------------------------
 
@@ -329,7 +348,8 @@ class PayoutStore:
 
     def complete_batch(self, batch_id: str) -> tuple[str, ...]:
         """Mark the batch completed (idempotent); ('incomplete', processed, total) otherwise."""
-        return tuple(_s(x) for x in self._complete(keys=[_batch_key(batch_id)], args=[utcnow()]))
+        reply = self._complete(keys=[_batch_key(batch_id), OPEN_BATCHES], args=[utcnow(), batch_id])
+        return tuple(_s(x) for x in reply)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -368,6 +388,31 @@ class PayoutStore:
 
     def batch_state(self, batch_id: str) -> str | None:
         return _s(self.client.hget(_batch_key(batch_id), "state"))
+
+    def all_batch_ids(self) -> list[str]:
+        return [_s(b) for b in self.client.zrange(ALL_BATCHES, 0, -1)]
+
+    def open_batch_ids(self) -> list[str]:
+        return sorted(_s(b) for b in self.client.smembers(OPEN_BATCHES))
+
+    def batch_progress(self, batch_id: str) -> dict | None:
+        """State, counters and the time (ms) an item last reached a final state."""
+        fields = ("state", "total", "processed", "progress_ms")
+        values = self.client.hmget(_batch_key(batch_id), *fields)
+        if values[0] is None:
+            return None
+        info = dict(zip(fields, (_s(v) for v in values), strict=True))
+        return {"state": info["state"], "total": int(info["total"]),
+                "processed": int(info["processed"]), "progress_ms": int(info["progress_ms"] or 0)}
+
+    def unfinished_indexes(self, batch_id: str) -> list[int]:
+        """Items not yet in a final state, in submission order."""
+        items = self.client.hgetall(_keys(batch_id)[1])
+        return sorted(int(k) for k, v in items.items() if json.loads(v)["status"] not in FINAL_STATUSES)
+
+    def touch_progress(self, batch_id: str) -> None:
+        """Note that the batch was just (re)driven, so the sweeper leaves it alone for a while."""
+        self.client.hset(_batch_key(batch_id), "progress_ms", int(time.time() * 1000))
 
     def claim(self, external_id: str) -> dict:
         return {_s(k): _s(v) for k, v in self.client.hgetall(CLAIM_PREFIX + external_id).items()}

@@ -85,15 +85,15 @@ def test_env_example_values_are_the_defaults():
 
 # --- Procfile -------------------------------------------------------------------------------------
 
-def test_procfile_runs_api_worker_and_flower():
+def test_procfile_runs_api_worker_beat_and_flower():
     processes = procfile()
-    assert set(processes) == {"api", "worker", "flower"}
+    assert set(processes) == {"api", "worker", "beat", "flower"}
     assert "payouts_api:create_app()" in with_defaults(processes["api"])
     assert with_defaults(processes["worker"])[:4] == ["celery", "-A", "payouts_tasks", "worker"]
     assert with_defaults(processes["flower"])[:4] == ["celery", "-A", "payouts_tasks", "flower"]
 
 
-@pytest.mark.parametrize("process", ["api", "worker", "flower"])
+@pytest.mark.parametrize("process", ["api", "worker", "beat", "flower"])
 def test_procfile_executables_are_in_the_venv(process):
     executable = with_defaults(procfile()[process])[0]
     assert (BIN / executable).exists(), f"{executable} not installed in {BIN}"
@@ -116,6 +116,17 @@ def test_celery_worker_accepts_the_worker_options():
     args = with_defaults(procfile()["worker"])[4:]
     flags = [arg for arg in args if arg.startswith("-")]
     assert flags and set(flags) <= known
+
+
+def test_celery_beat_accepts_the_beat_options():
+    from celery.bin.beat import beat
+
+    known = {opt for param in beat.params for opt in param.opts}
+    for command in (procfile()["beat"], compose()["services"]["beat"]["command"]):
+        args = with_defaults(command)
+        assert args[:4] == ["celery", "-A", "payouts_tasks", "beat"]
+        flags = [arg for arg in args[4:] if arg.startswith("-")]
+        assert flags and set(flags) <= known
 
 
 def flower_flags(command: list[str]) -> list[str]:
@@ -153,7 +164,7 @@ def test_procfile_processes_find_the_apps():
 
 def test_compose_services():
     services = compose()["services"]
-    assert {"redis", "api", "worker", "flower"} <= set(services)
+    assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
 
 
 def test_compose_redis_is_durable_and_never_evicts():
@@ -168,7 +179,7 @@ def test_compose_redis_is_durable_and_never_evicts():
     assert volume in doc["volumes"]
 
 
-@pytest.mark.parametrize("service", ["api", "worker", "flower"])
+@pytest.mark.parametrize("service", ["api", "worker", "beat", "flower"])
 def test_compose_app_services_share_the_image_and_wait_for_redis(service):
     spec = compose()["services"][service]
     assert spec["build"] == "."

@@ -69,7 +69,20 @@ TEST_KEYS: dict[str, str] = {
         "first attempt settles but answers AB03 (money moved, caller cannot know); "
         "later calls return that transfer"
     ),
+    "slow.stuck@pix.test": (
+        "every attempt outlives the settlement deadline (PIX_SIM_SETTLEMENT_TIMEOUT_S): AB03, "
+        "nothing recorded"
+    ),
+    "hang@pix.test": (
+        "the call hangs for 10 minutes, ignoring the deadline (a client stuck on a dead socket); "
+        "only the task's time limit ends it"
+    ),
 }
+
+# Test keys whose call takes this long (seconds); "stuck" outlives any deadline.
+_STUCK = float("inf")
+_HANG_S = 600.0
+_TEST_KEY_LATENCY_S = {"slow.stuck@pix.test": _STUCK, "hang@pix.test": _HANG_S}
 
 E2E_ID_RE = re.compile(
     r"E(?P<ispb>[0-9]{8})"
@@ -114,6 +127,8 @@ _TEST_KEY_BEHAVIOUR: dict[str, Callable[[int], _Outcome]] = {
     "dict.503@pix.test": _forced(_TRANSIENT, "DICT_UNAVAILABLE", until=1),
     "timeout.always@pix.test": _forced(_TRANSIENT, "AB03"),
     "settle.then.timeout@pix.test": _forced(_SETTLE_THEN_TIMEOUT, "AB03", until=1),
+    "slow.stuck@pix.test": _forced(_SETTLE),
+    "hang@pix.test": _forced(_SETTLE),
 }
 if set(_TEST_KEY_BEHAVIOUR) != set(TEST_KEYS):  # pragma: no cover - guards the docs table
     raise RuntimeError("every documented test key needs a behaviour, and vice versa")
@@ -181,6 +196,7 @@ class SimulatedPixProvider(PixProvider):
         permanent_failure_rate: float = 0.0,
         transient_failure_rate: float = 0.0,
         seed: str | int | None = None,
+        settlement_timeout_s: float = 40.0,
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], datetime] = _utcnow,
         prefix: str = DEFAULT_PREFIX,
@@ -200,6 +216,7 @@ class SimulatedPixProvider(PixProvider):
         self.permanent_failure_rate = permanent_failure_rate
         self.transient_failure_rate = transient_failure_rate
         self.seed = None if seed is None else str(seed)
+        self.settlement_timeout_s = settlement_timeout_s
         self._sleep = sleep
         self._clock = clock
         self.prefix = prefix
@@ -222,7 +239,7 @@ class SimulatedPixProvider(PixProvider):
             pix_key: str) -> Transfer:
         if not idempotency_key:
             raise ValueError("idempotency_key is required")
-        self._simulate_latency()
+        self._simulate_latency(pix_key)
 
         existing = self.lookup(idempotency_key)
         if existing is not None:
@@ -289,10 +306,19 @@ class SimulatedPixProvider(PixProvider):
                                          transfer.failure_reason or "rejected")
         return transfer
 
-    def _simulate_latency(self) -> None:
+    def _simulate_latency(self, pix_key: str) -> None:
+        """Sleep the call's latency; past the SPI settlement deadline the answer is AB03."""
+        forced = _TEST_KEY_LATENCY_S.get(normalise_test_key(pix_key))
+        if forced == _HANG_S:
+            self._sleep(forced)
+            return
         lo, hi = self.latency_ms
-        if hi > 0:
-            self._sleep(self._system_rng.uniform(lo, hi) / 1000.0)
+        latency_s = forced if forced is not None else self._system_rng.uniform(lo, hi) / 1000.0
+        if latency_s > self.settlement_timeout_s:
+            self._sleep(self.settlement_timeout_s)
+            raise TransientProviderError("AB03", "settlement not confirmed within the SPI deadline")
+        if latency_s > 0:
+            self._sleep(latency_s)
 
     def _next_attempt(self, idempotency_key: str) -> int:
         key = self._attempts_key(idempotency_key)
@@ -330,5 +356,6 @@ def build_provider(settings: Settings, client: redis.Redis, *,
         permanent_failure_rate=settings.provider_permanent_failure_rate,
         transient_failure_rate=settings.provider_transient_failure_rate,
         seed=settings.provider_seed,
+        settlement_timeout_s=settings.provider_settlement_timeout_s,
         sleep=sleep,
     )

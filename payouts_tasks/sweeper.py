@@ -1,0 +1,66 @@
+"""The periodic sweep (celery beat): no accepted batch stays unfinished forever.
+
+Three ways a batch can be left behind, and what the sweep does about each:
+- still `accepting` after its publisher's lease expired (the API died before opening it):
+  publish its chord again;
+- every item final but not `completed` (the chord callback was lost, e.g. a header task was
+  killed by its time limit, which fails the chord): complete it;
+- no item finished for PAYOUTS_STALL_AFTER_S (settle messages lost or failed): publish a chord
+  of settle tasks for the unfinished items. Settle is idempotent per item, so a message that
+  was only slow, not lost, cannot pay twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from payouts_tasks.batches import publish_items
+from payouts_tasks.celery_app import app
+from payouts_tasks.resources import get_store, store_client
+from payouts_tasks.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+SWEEP_LOCK = "payouts:sweeper:lock"
+
+
+@app.task(name="payouts.sweep", ignore_result=True)
+def sweep() -> dict[str, str]:
+    """One pass over the open batches; returns what it did per batch (for logs and tests)."""
+    settings = get_settings()
+    # One sweep at a time, whatever the number of beat schedulers or manual calls.
+    if not store_client().set(SWEEP_LOCK, "1", nx=True, ex=max(settings.sweep_interval_s, 5)):
+        return {}
+    try:
+        return {batch_id: action for batch_id in get_store().open_batch_ids()
+                if (action := sweep_batch(batch_id, settings.stall_after_s))}
+    finally:
+        store_client().delete(SWEEP_LOCK)
+
+
+def sweep_batch(batch_id: str, stall_after_s: int) -> str | None:
+    store = get_store()
+    info = store.batch_progress(batch_id)
+    if info is None or info["state"] == "completed":
+        return None
+    if info["state"] == "accepting":
+        if not store.take_over_publishing(batch_id):
+            return None
+        publish_items(batch_id, list(range(info["total"])))
+        store.open_batch(batch_id)
+        log.warning("sweep: batch %s was never opened; published it", batch_id)
+        return "published"
+    if info["processed"] >= info["total"]:
+        store.complete_batch(batch_id)
+        log.warning("sweep: batch %s had every item final but was not completed", batch_id)
+        return "completed"
+    idle_s = time.time() - info["progress_ms"] / 1000
+    if idle_s < stall_after_s:
+        return None
+    unfinished = store.unfinished_indexes(batch_id)
+    store.touch_progress(batch_id)
+    publish_items(batch_id, unfinished)
+    log.warning("sweep: batch %s idle for %d s; re-driving %d unfinished items",
+                batch_id, idle_s, len(unfinished))
+    return "resumed"
