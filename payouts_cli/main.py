@@ -313,6 +313,39 @@ def ledger(as_json: bool, limit: int | None) -> None:
                f"Settled amount: {brl(settled_cents)}")
 
 
+@cli.command()
+@click.argument("batch_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the discrepancies as JSON.")
+def reconcile(batch_id: str | None, as_json: bool) -> None:
+    """Compare reports with the provider ledger; exit 1 when anything disagrees."""
+    import redis
+
+    from payouts_tasks.provider.simulated import build_provider
+    from payouts_tasks.reconcile import reconcile as find_discrepancies
+    from payouts_tasks.settings import get_settings
+    from payouts_tasks.store import PayoutStore
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.store_url, socket_connect_timeout=5)
+    try:
+        found = find_discrepancies(PayoutStore(client), build_provider(settings, client), batch_id)
+    except KeyError:
+        raise CliError(f"unknown batch {batch_id!r}") from None
+    except redis.RedisError as exc:
+        raise CliError(f"cannot reach Redis at {_redact(settings.store_url)} ({exc})") from None
+    if as_json:
+        print_json([d.as_dict() for d in found])
+    else:
+        for d in found:
+            where = " ".join(x for x in (d.batch_id and f"batch={d.batch_id}",
+                                         d.external_id and f"external_id={d.external_id}") if x)
+            click.echo(f"{d.kind}: {where}: {d.detail}")
+        scope = f"batch {batch_id}" if batch_id else "all batches"
+        click.echo(f"Reconciled {scope}: {len(found)} discrepancies")
+    if found:
+        sys.exit(1)
+
+
 def _redact(url: str) -> str:
     """A Redis URL without its password, fit for messages."""
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)

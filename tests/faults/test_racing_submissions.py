@@ -1,0 +1,57 @@
+"""Concurrent submissions: shared external_ids pay once; one batch_id gets one chord."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.faults.stack import items
+
+
+def test_twenty_concurrent_batches_sharing_external_ids(make_stack):
+    stack = make_stack()
+    stack.start_api()
+    stack.start_beat()
+    stack.start_worker()
+    shared = items("shared", 10)
+    batches = {f"race-{n}": shared + items(f"own{n}", 5) for n in range(20)}
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda kv: stack.post(*kv), batches.items()))
+
+    assert [r.status_code for r in responses] == [202] * 20
+    reports = stack.assert_exactly_once(list(batches))
+    for n in range(10):
+        outcomes = [r["details"][n]["status"] for r in reports]
+        assert outcomes.count("paid") == 1 and outcomes.count("duplicate") == 19
+    assert sum(r["successful"] for r in reports) == 10 + 20 * 5
+
+
+def test_one_batch_id_posted_concurrently(make_stack):
+    stack = make_stack()
+    stack.start_api()
+    stack.start_beat()
+    worker = stack.start_worker()
+    same = items("same", 30)
+    other = items("other", 30)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        identical = list(pool.map(lambda _: stack.post("contested", same), range(12)))
+        mixed = list(pool.map(lambda i: stack.post("mixed", same if i % 2 else other), range(12)))
+
+    codes = sorted(r.status_code for r in identical)
+    assert codes == [200] * 11 + [202]
+    winner = next(r for r in mixed if r.status_code == 202).json()["details"][0]["external_id"]
+    for i, response in enumerate(mixed):
+        payload_won = (same if i % 2 else other)[0]["external_id"] == winner
+        assert response.status_code in ((200, 202) if payload_won else (409,))
+    assert [r.status_code for r in mixed].count(202) == 1
+
+    stack.assert_exactly_once(["contested", "mixed"])
+    # One chord per batch_id: every item of each batch was settled by exactly one settle task.
+    log = Path(worker.log_path).read_text()
+    for batch_id in ("contested", "mixed"):
+        for index in range(30):
+            runs = re.findall(rf"settle batch={batch_id} item={index} ", log)
+            assert len(runs) == 1, (batch_id, index, len(runs))
