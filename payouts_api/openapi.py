@@ -15,9 +15,13 @@ SPEC_ROUTE = "/openapi.json"
 DOCS_ROUTE = "/docs/"
 
 
-def _problem(description: str) -> dict:
-    return {"description": description,
-            "content": {"application/problem+json": {"schema": "Problem"}}}
+def _problem(description: str, retry_after: bool = False) -> dict:
+    response = {"description": description,
+                "content": {"application/problem+json": {"schema": "Problem"}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                               "description": "Seconds to wait before retrying."}}
+    return response
 
 
 def _report(description: str, location: bool = False) -> dict:
@@ -47,12 +51,13 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     item_schema["properties"]["amount_cents"]["maximum"] = max_amount_cents
 
     common = {
-        "400": _problem("Malformed JSON, or not a JSON object."),
+        "400": _problem("Malformed JSON, not a JSON object, a duplicated key, NaN/Infinity, "
+                        "or nesting too deep."),
         "413": _problem("Body too large."),
         "415": _problem("Body is not application/json."),
         "422": _problem("Invalid fields; `errors` lists each field path."),
-        "429": _problem("Rate limited; see Retry-After."),
-        "503": _problem("Redis or the broker is down; nothing was accepted."),
+        "429": _problem("Rate limited; see Retry-After.", retry_after=True),
+        "503": _problem("Redis or the broker is down; nothing was accepted.", retry_after=True),
     }
     submit = {
         "summary": "Submit a batch of payouts",

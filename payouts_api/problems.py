@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 MAX_FIELD_ERRORS = 100
+MAX_FIELD_PATH = 200  # an unknown key is the client's own text: never echo a huge one back
 PROBLEM_TYPES = {
     400: "malformed-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
     409: "batch-conflict", 413: "body-too-large", 415: "unsupported-media-type",
@@ -50,6 +51,8 @@ def field_errors(messages, prefix: str = "") -> list[dict]:
     if isinstance(messages, dict):
         for key, value in messages.items():
             path = str(key) if not prefix else f"{prefix}.{key}"
+            if len(path) > MAX_FIELD_PATH:
+                path = path[:MAX_FIELD_PATH] + "..."
             if key == "_schema":
                 path = prefix or "body"
             out.extend(field_errors(value, path))

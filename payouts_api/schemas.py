@@ -7,10 +7,16 @@ one schema class serves every configuration.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
-from marshmallow import Schema, ValidationError, fields, validates
+from marshmallow import Schema, ValidationError, fields, post_load, validates
 from marshmallow.experimental.context import Context
-from marshmallow.validate import Length, Range
+from marshmallow.validate import Length, OneOf, Range, Regexp
+
+from payouts_tasks.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
 
 
 class StrictInteger(fields.Integer):
@@ -25,15 +31,63 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class FullMatch(Regexp):
+    """A Regexp that must match the whole value (a plain `$` also matches before a final newline).
+
+    It stays a Regexp, so apispec documents the pattern.
+    """
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+def id_field(description: str, example: str) -> fields.String:
+    """batch_id, external_id, user_id: 1-64 characters of [A-Za-z0-9._:-] (ASCII only)."""
+    return fields.String(required=True, validate=FullMatch(ID_PATTERN, error=f"Use {ID_RULE}."),
+                         metadata={"description": f"{description} {ID_RULE}.", "example": example,
+                                   "minLength": 1, "maxLength": 64})
+
+
+class PixKeyField(fields.String):
+    """A PIX key, validated and normalised by `payouts_tasks.pix_keys`; loads as a `PixKey`.
+
+    When the item also names a valid `pix_key_type`, the key must be of that type. Error
+    messages never repeat the submitted key (personal data).
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        expected = data.get("pix_key_type") if isinstance(data, Mapping) else None
+        try:
+            return parse_pix_key(raw, expected if expected in KEY_TYPES else None)
+        except InvalidPixKey as exc:
+            raise ValidationError(exc.message) from None
+
+
 class PayoutItemSchema(Schema):
-    external_id = fields.String(required=True, validate=Length(1, 64),
-                                metadata={"description": "Your id for this payout; paid at most once, ever."})
-    user_id = fields.String(required=True, validate=Length(1, 64))
+    external_id = id_field("Your id for this payout; paid at most once, ever.", "u1-001")
+    user_id = id_field("The receiver in your platform.", "u1")
     amount_cents = StrictInteger(required=True, validate=Range(min=1),
                                  metadata={"description": "Integer cents, at least 1, at most the "
-                                           "configured cap (default 1499999)."})
-    pix_key = fields.String(required=True, validate=Length(1, 140),
-                            metadata={"description": "The receiver's PIX key."})
+                                           "configured cap (default 1499999).", "example": 1500})
+    pix_key = PixKeyField(required=True, metadata={
+        "description": "The receiver's PIX key, stored normalised: CPF `123.456.789-09` or "
+                       "`12345678909`; CNPJ `12.345.678/0001-95` or alphanumeric `12.ABC.345/01DE-35`; "
+                       "phone in E.164 `+5511912345678` (spaces, dashes and parentheses allowed); "
+                       "e-mail (lowercased, at most 77 characters); EVP random key (a UUID). "
+                       "ASCII only.",
+        "minLength": 1, "maxLength": MAX_RAW_LENGTH, "example": "u1@email.com"})
+    pix_key_type = fields.String(validate=OneOf(KEY_TYPES), metadata={
+        "description": "Optional; when given, it must be the type of pix_key. The report always "
+                       "shows the detected type."})
+
+    @post_load
+    def _split_pix_key(self, item: dict, **_kwargs) -> dict:
+        key = item["pix_key"]
+        item["pix_key"], item["pix_key_type"] = key.value, key.type
+        return item
 
     @validates("amount_cents")
     def _within_cap(self, value: int, **_kwargs) -> None:
@@ -43,8 +97,7 @@ class PayoutItemSchema(Schema):
 
 
 class BatchRequestSchema(Schema):
-    batch_id = fields.String(required=True, validate=Length(1, 64),
-                             metadata={"description": "Names one payload forever."})
+    batch_id = id_field("Names one payload forever.", "2025-10-05-A")
     items = fields.List(fields.Nested(PayoutItemSchema), required=True, validate=Length(min=1))
 
     @validates("items")
@@ -64,7 +117,8 @@ class ItemReportSchema(Schema):
     external_id = fields.String(required=True)
     user_id = fields.String(required=True)
     amount_cents = fields.Integer(required=True)
-    pix_key = fields.String(required=True, metadata={"description": "Masked PIX key."})
+    pix_key = fields.String(required=True, metadata={"description": "Masked PIX key, e.g. u***@email.com."})
+    pix_key_type = fields.String(metadata={"enum": list(KEY_TYPES), "description": "Detected key type."})
     status = fields.String(required=True, metadata={
         "enum": ["pending", "processing", "paid", "failed", "duplicate"]})
     attempts = fields.Integer(required=True, metadata={"description": "Provider calls made."})

@@ -71,7 +71,7 @@ def test_submit_json_output_and_failure_table(api_url, tmp_path, uid):
 def test_api_error_shows_field_paths_and_exits_1(api_url, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"batch_id": "x", "items": [{"external_id": "e", "user_id": "u",
-                                                          "amount_cents": -5, "pix_key": "k"}]}))
+                                                          "amount_cents": -5, "pix_key": "a@b.com"}]}))
 
     result = run("--api-url", api_url, "submit", str(path))
 

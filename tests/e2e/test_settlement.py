@@ -269,13 +269,15 @@ def test_five_hundred_items_complete(client, provider, uid):
 
 
 def test_batch_left_unopened_by_a_dead_publisher_is_published_by_a_replay(client, store, uid):
+    from payouts_api.schemas import BatchRequestSchema
     from payouts_tasks.store import Order, fingerprint
 
     batch_id = f"orphaned-{uid}"
     items = [item(f"o{i}-{uid}") for i in range(3)]
-    payload = {"batch_id": batch_id, "items": items}
-    orders = [Order(i, it["external_id"], it["user_id"], it["amount_cents"], it["pix_key"], "x")
-              for i, it in enumerate(items)]
+    payload = BatchRequestSchema().load({"batch_id": batch_id, "items": items})  # as the API sees it
+    orders = [Order(i, it["external_id"], it["user_id"], it["amount_cents"], it["pix_key"], "x",
+                    it["pix_key_type"])
+              for i, it in enumerate(payload["items"])]
     # What an API process that died between writing the batch and publishing its chord leaves.
     assert store.create_batch(batch_id, fingerprint(payload), orders, publish_lease_s=1)[0]
 
