@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from flask import Flask
 
+from payouts_api.auth import require_api_key
 from payouts_api.extensions import limiter
+from payouts_api.health import bp as health_bp
+from payouts_api.metrics import bp as metrics_bp
 from payouts_api.openapi import init_docs
 from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
-from payouts_tasks.settings import get_settings
+from payouts_api.request_context import init_request_context
+from payouts_tasks.logs import configure_logging
+from payouts_tasks.settings import SettingsError, get_settings
 from payouts_tasks.store import PayoutStore
 
 
@@ -21,22 +26,36 @@ def create_app(test_config: dict | None = None) -> Flask:
         PAYOUTS_MAX_AMOUNT_CENTS=settings.max_amount_cents,
         PAYOUTS_RATELIMIT_WRITE=settings.ratelimit_write,
         PAYOUTS_RATELIMIT_READ=settings.ratelimit_read,
+        PAYOUTS_API_KEYS=settings.api_keys,
+        PAYOUTS_AUTH_DISABLED=settings.auth_disabled,
+        PAYOUTS_READYZ_TIMEOUT_S=settings.readyz_timeout_s,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
         RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_HEADER_LIMIT="RateLimit-Limit",
+        RATELIMIT_HEADER_REMAINING="RateLimit-Remaining",
+        RATELIMIT_HEADER_RESET="RateLimit-Reset",
         # A limiter storage outage must not take the API down with it: fail open, and let the
         # handlers answer 503 if Redis is really gone.
         RATELIMIT_SWALLOW_ERRORS=True,
-        JSON_SORT_KEYS=False,
     )
     if test_config:
         app.config.update(test_config)
+    if not app.config["PAYOUTS_API_KEYS"] and not app.config["PAYOUTS_AUTH_DISABLED"]:
+        raise SettingsError("PAYOUTS_API_KEYS is empty: set name:key pairs, or "
+                            "PAYOUTS_AUTH_DISABLED=true for local use only")
+    if not app.testing:
+        configure_logging(settings.log_level, settings.log_format)
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
         app.config["PAYOUTS_STORE_URL"], socket_timeout=5, socket_connect_timeout=2)
     limiter.init_app(app)
     register_error_handlers(app)
+    init_request_context(app)
+    app.before_request(require_api_key)
     app.register_blueprint(payouts_bp)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
     init_docs(app)
     return app

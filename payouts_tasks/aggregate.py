@@ -21,5 +21,5 @@ def aggregate(self, batch_id: str) -> dict:
     counts = {k: report.get(k) for k in
               ("batch_id", "status", "total", "processed", "successful", "failed", "duplicates")}
     if report:
-        log.info("batch %s completed: %s", batch_id, summary_line(report))
+        log.info("batch completed: %s", summary_line(report), extra={"batch_id": batch_id, **counts})
     return counts

@@ -6,7 +6,9 @@ means the same thing everywhere. Every setting is listed in `.env.example`.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -67,6 +69,33 @@ def _range_ms(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tu
     return low, high
 
 
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+MIN_API_KEY_LENGTH = 16
+
+
+def key_digest(key: str) -> str:
+    """API keys are kept only as SHA-256 digests, in memory and anywhere else."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """PAYOUTS_API_KEYS="name:key,name2:key2" -> ((name, digest), ...); several allow rotation."""
+    raw = env.get("PAYOUTS_API_KEYS") or ""
+    keys = []
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, key = pair.partition(":")
+        if not sep or not _KEY_NAME.match(name):
+            raise SettingsError("PAYOUTS_API_KEYS must be comma-separated name:key pairs "
+                                "(names of letters, digits, '.', '_' or '-')")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise SettingsError(f"PAYOUTS_API_KEYS: the key named {name!r} is shorter than "
+                                f"{MIN_API_KEY_LENGTH} characters")
+        keys.append((name, key_digest(key)))
+    if len({n for n, _ in keys}) != len(keys):
+        raise SettingsError("PAYOUTS_API_KEYS: each key needs its own name")
+    return tuple(keys)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
@@ -96,6 +125,13 @@ class Settings:
     sweep_interval_s: int
     stall_after_s: int
     fault_crash_after_pay: str
+    api_keys: tuple[tuple[str, str], ...]
+    auth_disabled: bool
+    log_level: str
+    log_format: str
+    worker_metrics_port: int
+    worker_metrics_addr: str
+    readyz_timeout_s: float
     api_url: str
 
     @classmethod
@@ -118,6 +154,12 @@ class Settings:
         if time_limit <= settlement_timeout:
             raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must exceed PIX_SIM_SETTLEMENT_TIMEOUT_S "
                                 "(the provider's deadline answers first; the time limit is the backstop)")
+        log_format = (env.get("PAYOUTS_LOG_FORMAT") or "json").lower()
+        if log_format not in ("json", "text"):
+            raise SettingsError(f"PAYOUTS_LOG_FORMAT must be json or text, got {log_format!r}")
+        log_level = (env.get("LOG_LEVEL") or "info").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical: {log_level!r}")
         return cls(
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
@@ -146,6 +188,13 @@ class Settings:
             sweep_interval_s=_int(env, "PAYOUTS_SWEEP_INTERVAL_S", 30, minimum=1),
             stall_after_s=_int(env, "PAYOUTS_STALL_AFTER_S", 300, minimum=1),
             fault_crash_after_pay=env.get("PAYOUTS_FAULT_CRASH_AFTER_PAY") or "",
+            api_keys=_api_keys(env),
+            auth_disabled=_bool(env, "PAYOUTS_AUTH_DISABLED", False),
+            log_level=log_level,
+            log_format=log_format,
+            worker_metrics_port=_int(env, "PAYOUTS_WORKER_METRICS_PORT", 9808),
+            worker_metrics_addr=env.get("PAYOUTS_WORKER_METRICS_ADDR") or "127.0.0.1",
+            readyz_timeout_s=_float(env, "PAYOUTS_READYZ_TIMEOUT_S", 1.0, 0.05, 30.0),
             api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
         )
 

@@ -13,6 +13,7 @@ import time
 
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
+from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES
 from payouts_tasks.provider import PermanentProviderError, TransientProviderError
 from payouts_tasks.resources import get_provider, get_store
 from payouts_tasks.settings import get_settings
@@ -25,7 +26,7 @@ NO_OUTCOME = "AB03"
 
 
 def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**attempt))."""
+    """Exponential backoff with jitter: uniform(ceiling / 2, ceiling), ceiling = base * 2**attempt."""
     settings = get_settings()
     ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2 ** attempt)
     return random.uniform(ceiling / 2, ceiling)
@@ -33,44 +34,55 @@ def backoff_seconds(attempt: int) -> float:
 
 @app.task(bind=True, name="payouts.settle", max_retries=None, ignore_result=True)
 def settle(self, batch_id: str, index: int, waiting_since: float | None = None) -> str:
+    started = time.monotonic()
     store = get_store()
     decision = store.begin_settlement(batch_id, index)
+    context = {"batch_id": batch_id, "index": index}
 
     if decision.action in ("wait", "not_ready"):
-        return _wait(self, batch_id, index, waiting_since, decision.waiting_on or "batch opening")
+        return _wait(self, context, waiting_since, decision.waiting_on or "batch opening")
     if decision.action != "settle":  # final, duplicate or orphan: nothing left to do
-        log.info("settle batch=%s item=%s outcome=%s", batch_id, index, decision.action)
-        return decision.action
+        return _done(decision.action, context, started)
 
     order = decision.order
+    context.update(external_id=order["external_id"], attempt=decision.attempts)
     key = idempotency_key(order["external_id"], decision.claim_generation)
-    provider = get_provider()
     if decision.attempts > get_settings().settle_max_attempts:
         # Earlier attempts ended without an answer (worker killed, time limit): stop calling
         # the provider and settle the item on what its ledger says for our key.
         outcome = _settle_from_lookup(batch_id, index, key, NO_OUTCOME,
                                       f"no provider answer after {decision.attempts - 1} attempts")
-        log.warning("settle batch=%s item=%s attempts exhausted: %s", batch_id, index, outcome)
-        return outcome
+        return _done(outcome, context, started, level=logging.WARNING)
+
+    call_started = time.monotonic()
     try:
-        transfer = provider.pay(idempotency_key=key, external_id=order["external_id"],
-                                amount_cents=order["amount_cents"], pix_key=order["pix_key"])
+        transfer = get_provider().pay(idempotency_key=key, external_id=order["external_id"],
+                                      amount_cents=order["amount_cents"], pix_key=order["pix_key"])
     except PermanentProviderError as exc:
+        PROVIDER_SECONDS.labels("rejected").observe(time.monotonic() - call_started)
         outcome = store.record_failed(batch_id, index, exc.code, exc.reason)
+        context["failure_code"] = exc.code
     except TransientProviderError as exc:
+        PROVIDER_SECONDS.labels("transient").observe(time.monotonic() - call_started)
+        context["failure_code"] = exc.code
         if decision.attempts < get_settings().settle_max_attempts:
-            log.info("settle batch=%s item=%s attempt=%s transient=%s: retrying",
-                     batch_id, index, decision.attempts, exc.code)
+            SETTLE_RETRIES.labels("transient").inc()
+            log.info("settle retry", extra={**context, "outcome": "retry"})
             raise self.retry(countdown=backoff_seconds(decision.attempts)) from exc
         # Out of attempts: the last call's outcome is unknown, so ask before calling it failed.
         outcome = _settle_from_lookup(batch_id, index, key, exc.code,
                                       f"{exc.reason} (gave up after {decision.attempts} attempts)")
     else:
+        PROVIDER_SECONDS.labels("settled").observe(time.monotonic() - call_started)
         crash_after_pay(order["external_id"])
         outcome = store.record_paid(batch_id, index, transfer.e2e_id)
+    return _done(outcome, context, started)
 
-    log.info("settle batch=%s item=%s external_id=%s attempt=%s outcome=%s",
-             batch_id, index, order["external_id"], decision.attempts, outcome)
+
+def _done(outcome: str, context: dict, started: float, level: int = logging.INFO) -> str:
+    SETTLE_OUTCOMES.labels(outcome).inc()
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    log.log(level, "settle outcome", extra={**context, "outcome": outcome, "duration_ms": duration_ms})
     return outcome
 
 
@@ -82,16 +94,16 @@ def _settle_from_lookup(batch_id: str, index: int, key: str, code: str, reason: 
     return get_store().record_failed(batch_id, index, code, reason)
 
 
-def _wait(task, batch_id: str, index: int, waiting_since: float | None, reason: str) -> str:
+def _wait(task, context: dict, waiting_since: float | None, reason: str) -> str:
     """Come back later, up to PAYOUTS_INFLIGHT_WAIT_MAX_S; then fail the item without paying."""
     now = time.time()
     waiting_since = waiting_since or now
     settings = get_settings()
     if now - waiting_since > settings.inflight_wait_max_s:
         outcome = get_store().record_failed(
-            batch_id, index, GAVE_UP_WAITING,
+            context["batch_id"], context["index"], GAVE_UP_WAITING,
             f"waited {int(now - waiting_since)} s for {reason}; nothing was paid")
-        log.warning("settle batch=%s item=%s gave up waiting for %s", batch_id, index, reason)
-        return outcome
+        return _done(outcome, {**context, "waited_for": reason}, time.monotonic(), level=logging.WARNING)
+    SETTLE_RETRIES.labels("waiting").inc()
     countdown = min(5.0, 0.2 * 2 ** min(task.request.retries, 5)) * random.uniform(0.8, 1.2)
     raise task.retry(kwargs={"waiting_since": waiting_since}, countdown=countdown)

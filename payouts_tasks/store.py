@@ -12,6 +12,7 @@ Keys
                                        claim generation that feeds the idempotency key
 - `payouts:batches`                   sorted set: every batch_id by creation time (reconciliation)
 - `payouts:batches:open`              set: batches not yet completed (the sweeper's work list)
+- `payouts:stats`                     hash: items that reached each final status, ever (metrics)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PREFIX = "payouts:"
 CLAIM_PREFIX = PREFIX + "claim:"
 ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
+STATS = PREFIX + "stats"
 FINAL_STATUSES = ("paid", "failed", "duplicate")
 
 # Shared Lua: decode an item, move it to a final status and bump the counters together.
@@ -45,6 +47,7 @@ local function finish(batch_key, items_key, idx, item, status)
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, COUNTER[status], 1)
   redis.call('HSET', batch_key, 'progress_ms', now_ms())
+  redis.call('HINCRBY', 'payouts:stats', status, 1)
 end
 """
 
@@ -388,6 +391,14 @@ class PayoutStore:
 
     def batch_state(self, batch_id: str) -> str | None:
         return _s(self.client.hget(_batch_key(batch_id), "state"))
+
+    def stats(self) -> dict:
+        """Service-wide totals for metrics: items by final status and open batches."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(STATS)
+            pipe.scard(OPEN_BATCHES)
+            items, open_batches = pipe.execute()
+        return {"items": {_s(k): int(v) for k, v in items.items()}, "open_batches": open_batches}
 
     def all_batch_ids(self) -> list[str]:
         return [_s(b) for b in self.client.zrange(ALL_BATCHES, 0, -1)]

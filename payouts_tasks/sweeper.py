@@ -49,11 +49,12 @@ def sweep_batch(batch_id: str, stall_after_s: int) -> str | None:
             return None
         publish_items(batch_id, list(range(info["total"])))
         store.open_batch(batch_id)
-        log.warning("sweep: batch %s was never opened; published it", batch_id)
+        log.warning("sweep: batch was never opened; published it", extra={"batch_id": batch_id})
         return "published"
     if info["processed"] >= info["total"]:
         store.complete_batch(batch_id)
-        log.warning("sweep: batch %s had every item final but was not completed", batch_id)
+        log.warning("sweep: every item final but batch not completed; completed it",
+                    extra={"batch_id": batch_id})
         return "completed"
     idle_s = time.time() - info["progress_ms"] / 1000
     if idle_s < stall_after_s:
@@ -61,6 +62,6 @@ def sweep_batch(batch_id: str, stall_after_s: int) -> str | None:
     unfinished = store.unfinished_indexes(batch_id)
     store.touch_progress(batch_id)
     publish_items(batch_id, unfinished)
-    log.warning("sweep: batch %s idle for %d s; re-driving %d unfinished items",
-                batch_id, idle_s, len(unfinished))
+    log.warning("sweep: batch idle; re-driving its unfinished items",
+                extra={"batch_id": batch_id, "idle_s": int(idle_s), "items": len(unfinished)})
     return "resumed"

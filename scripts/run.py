@@ -8,6 +8,7 @@ run the product. Settings come from the environment, then `.env` (which wins, as
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -77,8 +78,20 @@ def run_honcho(env: dict[str, str]) -> int:
     return proc.wait()
 
 
+def ensure_dev_api_key(env: dict[str, str]) -> None:
+    """No PAYOUTS_API_KEYS configured: make a development key for this run and show it."""
+    if env.get("PAYOUTS_API_KEYS") or env.get("PAYOUTS_AUTH_DISABLED", "").lower() in ("1", "true"):
+        return
+    key = "dev-" + secrets.token_urlsafe(24)
+    env["PAYOUTS_API_KEYS"] = f"dev:{key}"
+    env.setdefault("PAYOUTS_API_KEY", key)
+    say(f"development API key for this run: {key}")
+    say(f"  export PAYOUTS_API_KEY={key}   # for the payouts CLI; curl -H 'Authorization: Bearer {key}'")
+
+
 def main() -> int:
     env = load_env()
+    ensure_dev_api_key(env)
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:

@@ -15,8 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
+import flask
 import pytest
 import redis
+from flask.testing import FlaskClient
 
 from payouts_cli.local_redis import free_port, start_redis
 
@@ -27,7 +29,22 @@ TEST_ENV = {
     "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4",
     "PAYOUTS_RATELIMIT_ENABLED": "false",
     "WORKER_CONCURRENCY": "50",
+    "PAYOUTS_WORKER_METRICS_PORT": "0",
+    "PAYOUTS_API_KEYS": "tests:tests-key-0123456789,rotated:rotated-key-0123456789",
+    "PAYOUTS_API_KEY": "tests-key-0123456789",  # what the CLI sends
 }
+API_KEY = TEST_ENV["PAYOUTS_API_KEY"]
+
+
+class KeyedClient(FlaskClient):
+    """A test client that sends the tests' API key unless a test sets Authorization itself."""
+
+    def open(self, *args, **kwargs):
+        headers = kwargs.setdefault("headers", {})
+        if not any(k.lower() in ("authorization", "x-api-key") for k in headers):
+            headers["Authorization"] = f"Bearer {API_KEY}"
+        return super().open(*args, **kwargs)
+
 _redis_proc: subprocess.Popen | None = None
 
 
@@ -42,6 +59,8 @@ def pytest_configure(config):
                  "RATELIMIT_STORAGE_URI"):
         os.environ.pop(name, None)
     os.environ.update(TEST_ENV)
+    # Every app the tests build talks through KeyedClient; auth tests pass their own headers.
+    flask.Flask.test_client_class = KeyedClient
 
 
 def pytest_unconfigure(config):

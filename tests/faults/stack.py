@@ -36,6 +36,7 @@ STACK_ENV = {
     "PAYOUTS_SWEEP_INTERVAL_S": "1",
     "PAYOUTS_STALL_AFTER_S": "6",
     "WORKER_CONCURRENCY": "100",
+    "PAYOUTS_WORKER_METRICS_PORT": "0",
 }
 
 
@@ -120,8 +121,12 @@ class Stack:
 
     # -- HTTP ----------------------------------------------------------------------------
 
+    @property
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.env['PAYOUTS_API_KEY']}"}
+
     def post(self, batch_id: str, items: list[dict]) -> requests.Response:
-        return requests.post(f"{self.api_url}/api/payouts", timeout=60,
+        return requests.post(f"{self.api_url}/api/payouts", timeout=60, headers=self.auth,
                              json={"batch_id": batch_id, "items": items})
 
     def report(self, batch_id: str) -> dict:

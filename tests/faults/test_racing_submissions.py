@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,8 +50,9 @@ def test_one_batch_id_posted_concurrently(make_stack):
 
     stack.assert_exactly_once(["contested", "mixed"])
     # One chord per batch_id: every item of each batch was settled by exactly one settle task.
-    log = Path(worker.log_path).read_text()
+    events = [json.loads(line) for line in Path(worker.log_path).read_text().splitlines()
+              if line.startswith("{")]
+    settled = [(e["batch_id"], e["index"]) for e in events if e["message"] == "settle outcome"]
     for batch_id in ("contested", "mixed"):
         for index in range(30):
-            runs = re.findall(rf"settle batch={batch_id} item={index} ", log)
-            assert len(runs) == 1, (batch_id, index, len(runs))
+            assert settled.count((batch_id, index)) == 1, (batch_id, index)

@@ -17,7 +17,7 @@ def test_redis_restart_mid_batch(make_stack):
 
     stack.stop_redis()
     refused = stack.post("during-outage", items("o", 2))
-    status = requests.get(f"{stack.api_url}/api/payouts/restart", timeout=30)
+    status = requests.get(f"{stack.api_url}/api/payouts/restart", timeout=30, headers=stack.auth)
     stack.start_redis_again()
 
     assert refused.status_code == 503

@@ -1,0 +1,82 @@
+"""API metrics for Prometheus at /metrics: HTTP traffic here, settlement totals from Redis.
+
+Under gunicorn, PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py) makes the counters
+file-backed per worker and the scrape sums them. Totals that workers produce (items by final
+status, queue depth, open batches) are read from Redis at scrape time, so they are global.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from flask import Blueprint, Response, current_app
+from kombu.exceptions import OperationalError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from payouts_tasks import app as celery_app
+
+bp = Blueprint("metrics", __name__)
+
+HTTP_REQUESTS = Counter("payouts_http_requests_total", "HTTP requests by route, method and status.",
+                        ["route", "method", "status"])
+HTTP_SECONDS = Histogram("payouts_http_request_duration_seconds", "HTTP request latency by route.",
+                         ["route", "method"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCHES_ACCEPTED = Counter("payouts_batches_accepted_total", "Batches accepted (202).")
+ITEMS_ACCEPTED = Counter("payouts_items_accepted_total", "Items in accepted batches.")
+
+
+class SettlementCollector(Collector):
+    """Reads the service-wide totals the store keeps in Redis, and the queue depth, at scrape time."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        try:
+            stats = self.store.stats()
+            stats["queue_depth"] = _queue_depth()
+        except (redis.RedisError, OperationalError):
+            return
+        items = GaugeMetricFamily("payouts_items_final", "Items that reached a final status, ever.",
+                                  labels=["status"])
+        for status in ("paid", "failed", "duplicate"):
+            items.add_metric([status], stats["items"].get(status, 0))
+        yield items
+        yield GaugeMetricFamily("payouts_queue_depth", "Messages waiting in the Celery queue.",
+                                value=stats["queue_depth"])
+        yield GaugeMetricFamily("payouts_open_batches", "Batches not yet completed.",
+                                value=stats["open_batches"])
+
+
+def _queue_depth() -> int:
+    queue = celery_app.conf.task_default_queue
+    with celery_app.connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except conn.channel_errors:  # the broker has no such queue yet: nothing is waiting
+            return 0
+
+
+@bp.get("/metrics")
+def metrics():
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        for collector in (HTTP_REQUESTS, HTTP_SECONDS, BATCHES_ACCEPTED, ITEMS_ACCEPTED):
+            registry.register(collector)
+    registry.register(SettlementCollector(current_app.extensions["payouts_store"]))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
