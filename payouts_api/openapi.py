@@ -44,6 +44,9 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     spec.components.schema("BatchRequest", schema=BatchRequestSchema)
     spec.components.schema("BatchReport", schema=BatchReportSchema)
     spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "An API key from PAYOUTS_API_KEYS."})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     # The limits are configured at run time; document the values in force.
     request_schema = spec.to_dict()["components"]["schemas"]["BatchRequest"]
     request_schema["properties"]["items"]["maxItems"] = max_items
@@ -51,6 +54,7 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     item_schema["properties"]["amount_cents"]["maximum"] = max_amount_cents
 
     common = {
+        "401": _problem("Missing or unknown API key."),
         "400": _problem("Malformed JSON, not a JSON object, a duplicated key, NaN/Infinity, "
                         "or nesting too deep."),
         "413": _problem("Body too large."),
@@ -77,9 +81,11 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
         "summary": "The batch report, with live progress",
         "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _report("The report."), "404": _problem("Unknown batch."),
-                      "429": common["429"], "503": common["503"]},
+                      "401": common["401"], "429": common["429"], "503": common["503"]},
     }})
     document = spec.to_dict()
+    # Every documented operation needs a key, sent either way.
+    document["security"] = [{"bearer": []}, {"apiKey": []}]
     document["components"]["schemas"]["BatchRequest"] = request_schema
     document["components"]["schemas"]["PayoutItem"] = item_schema
     return document

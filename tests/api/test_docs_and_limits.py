@@ -18,7 +18,9 @@ def test_openapi_document_is_built_from_the_request_schemas(client):
     assert item["additionalProperties"] is False
     assert document["components"]["schemas"]["BatchRequest"]["properties"]["items"]["maxItems"] == 10_000
     post = document["paths"]["/api/payouts"]["post"]
-    assert {"200", "202", "400", "409", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    assert {"200", "202", "400", "401", "409", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]
 
 
 def test_docs_page_is_served(client):
