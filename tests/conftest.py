@@ -157,7 +157,7 @@ def provider():
     return get_provider()
 
 
-def wait_for_report(client, batch_id: str, timeout: float = 60.0) -> dict:
+def wait_for_report(client, batch_id: str, timeout: float = 120.0) -> dict:
     """Poll GET until the batch is completed; returns the final report."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

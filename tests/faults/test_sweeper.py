@@ -19,7 +19,7 @@ def test_batch_whose_chord_never_ran_is_published_by_the_sweeper(make_stack):
                                           orders, publish_lease_s=1)
     assert created
 
-    [report] = stack.assert_exactly_once(["unpublished"], timeout=60)
+    [report] = stack.assert_exactly_once(["unpublished"], timeout=120)
     assert report["successful"] == 20
 
 
@@ -32,5 +32,5 @@ def test_lost_settle_messages_are_re_driven(make_stack):
     assert stack.client.delete("celery") == 1
     stack.start_worker()
 
-    [report] = stack.assert_exactly_once(["lost"], timeout=60)
+    [report] = stack.assert_exactly_once(["lost"], timeout=120)
     assert report["successful"] == 30
