@@ -154,6 +154,13 @@ class Settings:
         if time_limit <= settlement_timeout:
             raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must exceed PIX_SIM_SETTLEMENT_TIMEOUT_S "
                                 "(the provider's deadline answers first; the time limit is the backstop)")
+        if time_limit >= visibility:
+            raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
+                                "(a task still running at the visibility timeout is delivered twice)")
+        stall = _int(env, "PAYOUTS_STALL_AFTER_S", 300, minimum=1)
+        if stall <= time_limit:
+            raise SettingsError("PAYOUTS_STALL_AFTER_S must exceed PAYOUTS_SETTLE_TIME_LIMIT_S "
+                                "(a batch is idle only when no settle can still be running)")
         log_format = (env.get("PAYOUTS_LOG_FORMAT") or "json").lower()
         if log_format not in ("json", "text"):
             raise SettingsError(f"PAYOUTS_LOG_FORMAT must be json or text, got {log_format!r}")
@@ -186,7 +193,7 @@ class Settings:
             provider_settlement_timeout_s=settlement_timeout,
             settle_time_limit_s=time_limit,
             sweep_interval_s=_int(env, "PAYOUTS_SWEEP_INTERVAL_S", 30, minimum=1),
-            stall_after_s=_int(env, "PAYOUTS_STALL_AFTER_S", 300, minimum=1),
+            stall_after_s=stall,
             fault_crash_after_pay=env.get("PAYOUTS_FAULT_CRASH_AFTER_PAY") or "",
             api_keys=_api_keys(env),
             auth_disabled=_bool(env, "PAYOUTS_AUTH_DISABLED", False),

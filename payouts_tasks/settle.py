@@ -17,7 +17,7 @@ from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETR
 from payouts_tasks.provider import PermanentProviderError, TransientProviderError
 from payouts_tasks.resources import get_provider, get_store
 from payouts_tasks.settings import get_settings
-from payouts_tasks.store import idempotency_key
+from payouts_tasks.store import Decision, idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def settle(self, batch_id: str, index: int, waiting_since: float | None = None) 
     if decision.attempts > get_settings().settle_max_attempts:
         # Earlier attempts ended without an answer (worker killed, time limit): stop calling
         # the provider and settle the item on what its ledger says for our key.
-        outcome = _settle_from_lookup(batch_id, index, key, NO_OUTCOME,
+        outcome = _settle_from_lookup(batch_id, index, decision, NO_OUTCOME,
                                       f"no provider answer after {decision.attempts - 1} attempts")
         return _done(outcome, context, started, level=logging.WARNING)
 
@@ -70,12 +70,12 @@ def settle(self, batch_id: str, index: int, waiting_since: float | None = None) 
             log.info("settle retry", extra={**context, "outcome": "retry"})
             raise self.retry(countdown=backoff_seconds(decision.attempts)) from exc
         # Out of attempts: the last call's outcome is unknown, so ask before calling it failed.
-        outcome = _settle_from_lookup(batch_id, index, key, exc.code,
+        outcome = _settle_from_lookup(batch_id, index, decision, exc.code,
                                       f"{exc.reason} (gave up after {decision.attempts} attempts)")
     else:
         PROVIDER_SECONDS.labels("settled").observe(time.monotonic() - call_started)
         crash_after_pay(order["external_id"])
-        outcome = store.record_paid(batch_id, index, transfer.e2e_id)
+        outcome = store.record_paid(batch_id, index, transfer.e2e_id, decision.claim_generation)
     return _done(outcome, context, started)
 
 
@@ -86,11 +86,12 @@ def _done(outcome: str, context: dict, started: float, level: int = logging.INFO
     return outcome
 
 
-def _settle_from_lookup(batch_id: str, index: int, key: str, code: str, reason: str) -> str:
+def _settle_from_lookup(batch_id: str, index: int, decision: Decision, code: str, reason: str) -> str:
     """Paid if the provider holds a settled transfer under our key, else failed (no money moved)."""
+    key = idempotency_key(decision.order["external_id"], decision.claim_generation)
     transfer = get_provider().lookup(key)
     if transfer is not None and transfer.status == "settled":
-        return get_store().record_paid(batch_id, index, transfer.e2e_id)
+        return get_store().record_paid(batch_id, index, transfer.e2e_id, decision.claim_generation)
     return get_store().record_failed(batch_id, index, code, reason)
 
 

@@ -109,15 +109,27 @@ return {'settle', tostring(gen), order_raw, tostring(item.attempts)}
 """
 
 # KEYS: batch, items. ARGV: index, claim prefix, batch_id, outcome, now, then
-# e2e_id (paid) or failure code and reason (failed). Records the outcome once.
+# e2e_id and claim generation (paid) or failure code and reason (failed). Records the outcome once.
 _RECORD_OUTCOME = _LUA_COMMON + """
 local idx = ARGV[1]
 local raw = redis.call('HGET', KEYS[2], idx)
 if not raw then return {'orphan'} end
 local item = cjson.decode(raw)
-if FINAL[item.status] then return {item.status} end
 local claim_key = ARGV[2] .. item.external_id
 local outcome = ARGV[4]
+if FINAL[item.status] then
+  if outcome ~= 'paid' or item.status ~= 'failed' then return {item.status} end
+  -- A late success under this item's own claim (a concurrent delivery was still paying when
+  -- another gave up): money moved, so the item is paid, unless the external_id was claimed
+  -- again since (then reconciliation reports the second payment).
+  local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen')
+  if not (c[1] == 'failed' and c[2] == ARGV[3] and c[3] == idx and c[4] == ARGV[7]) then
+    return {item.status}
+  end
+  redis.call('HINCRBY', KEYS[1], 'failed', -1)
+  redis.call('HINCRBY', KEYS[1], 'processed', -1)
+  redis.call('HINCRBY', 'payouts:stats', 'failed', -1)
+end
 if outcome == 'paid' then
   -- The provider settled under this item's idempotency key: the money moved for this item.
   redis.call('HSET', claim_key, 'state', 'paid', 'batch_id', ARGV[3], 'index', idx,
@@ -337,8 +349,8 @@ class PayoutStore:
             return Decision("wait", waiting_on=f"{reply[1]}#{reply[2]}")
         return Decision(action)
 
-    def record_paid(self, batch_id: str, index: int, e2e_id: str) -> str:
-        return self._record_outcome(batch_id, index, "paid", e2e_id)
+    def record_paid(self, batch_id: str, index: int, e2e_id: str, claim_generation: int) -> str:
+        return self._record_outcome(batch_id, index, "paid", e2e_id, str(claim_generation))
 
     def record_failed(self, batch_id: str, index: int, code: str, reason: str) -> str:
         return self._record_outcome(batch_id, index, "failed", code, reason)

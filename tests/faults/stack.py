@@ -35,6 +35,9 @@ STACK_ENV = {
     "PAYOUTS_VISIBILITY_TIMEOUT_S": "10",
     "PAYOUTS_SWEEP_INTERVAL_S": "1",
     "PAYOUTS_STALL_AFTER_S": "6",
+    # Below the visibility timeout and the stall time, as the settings require.
+    "PAYOUTS_SETTLE_TIME_LIMIT_S": "5",
+    "PIX_SIM_SETTLEMENT_TIMEOUT_S": "2",
     "WORKER_CONCURRENCY": "100",
     "PAYOUTS_WORKER_METRICS_PORT": "0",
 }

@@ -24,7 +24,7 @@ def test_batch_whose_chord_never_ran_is_published_by_the_sweeper(make_stack):
 
 
 def test_lost_settle_messages_are_re_driven(make_stack):
-    stack = make_stack(PAYOUTS_STALL_AFTER_S="3")
+    stack = make_stack()
     stack.start_api()
     stack.start_beat()
     assert stack.post("lost", items("lost", 30)).status_code == 202

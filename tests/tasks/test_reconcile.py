@@ -34,7 +34,7 @@ def settle_directly(store, ledger, batch_id: str, external_ids: list[str]) -> di
             key = idempotency_key(decision.order["external_id"], decision.claim_generation)
             transfer = ledger.pay(idempotency_key=key, external_id=decision.order["external_id"],
                                   amount_cents=100, pix_key="a@b.com")
-            store.record_paid(batch_id, i, transfer.e2e_id)
+            store.record_paid(batch_id, i, transfer.e2e_id, decision.claim_generation)
     store.complete_batch(batch_id)
     return store.report(batch_id)
 
