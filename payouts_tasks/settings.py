@@ -184,7 +184,7 @@ class Settings:
             retry_backoff_max_s=backoff_max,
             inflight_wait_max_s=_int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1),
             visibility_timeout_s=visibility,
-            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 200, minimum=1),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 500, minimum=1),
             provider_latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
             provider_permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),
             provider_transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),
