@@ -1,0 +1,123 @@
+"""Resource use of the run's processes: peak RSS and CPU seconds per role, read from /proc.
+
+RSS is sampled every 200 ms in a thread while a window is open; CPU is the difference of
+utime + stime at its ends. Linux only, no dependency beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()  # fields from `state` on; comm may hold spaces
+
+
+def _tree(root: int) -> list[int]:
+    """root and all its descendants, from the ppid of every process in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    return pids
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        if fields := _stat(pid):
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / _TICK
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICK
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass
+class Usage:
+    """Peak RSS (sum over a role's process trees, and of its largest process) and CPU seconds."""
+
+    rss_peak: dict[str, int] = field(default_factory=dict)
+    rss_proc_peak: dict[str, int] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+
+class Sampler:
+    """Samples the RSS of each role's processes every `interval` s while a window is open."""
+
+    def __init__(self, roles, interval: float = 0.2):
+        self._roles = roles  # callable -> {role: [root pids]}, read at each sample
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.usage = Usage()
+        self._cpu_start: dict[str, float] = {}
+        self._wall_start = 0.0
+
+    def _trees(self) -> dict[str, list[int]]:
+        return {role: [p for root in roots for p in _tree(root)] for role, roots in self._roles().items()}
+
+    def _sample(self) -> None:
+        for role, pids in self._trees().items():
+            sizes = [_rss(p) for p in pids]
+            self.usage.rss_peak[role] = max(self.usage.rss_peak.get(role, 0), sum(sizes))
+            self.usage.rss_proc_peak[role] = max(self.usage.rss_proc_peak.get(role, 0), max(sizes, default=0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> Sampler:
+        self._cpu_start = {role: _cpu_seconds(pids) for role, pids in self._trees().items()}
+        self._cpu_start.update(bench=_own_cpu_seconds(), machine=_machine_busy_seconds())
+        self._wall_start = time.monotonic()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._sample()
+        wall = max(time.monotonic() - self._wall_start, 1e-9)
+        now = {role: _cpu_seconds(pids) for role, pids in self._trees().items()}
+        now.update(bench=_own_cpu_seconds(), machine=_machine_busy_seconds())
+        used = {role: now[role] - self._cpu_start.get(role, 0.0) for role in now}
+        # Whatever else ran on the machine meanwhile (other users' tests): the noise in this window.
+        used["other"] = max(0.0, used["machine"] - sum(v for k, v in used.items() if k != "machine"))
+        for role, seconds in used.items():
+            self.usage.cpu_s[role] = round(seconds, 2)
+            self.usage.cpu_s[f"{role}_pct"] = round(100 * seconds / wall)

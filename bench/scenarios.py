@@ -1,0 +1,333 @@
+"""The scenarios of issue 5. Each one returns rows; every batch it posts is checked to the last item.
+
+Items/s end to end = items / (POST sent -> GET answers `completed`), polling GET every ~100 ms.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import redis
+import requests
+from celery import chord
+
+from bench.load import run_load
+from bench.processes import Stack
+from bench.profiling import Profiler
+from bench.report import Row
+from bench.sampling import Sampler
+
+POLL_S = 0.1
+FINAL = ("paid", "failed", "duplicate")
+_STATUS = re.compile(rb'"status"\s*:\s*"(\w+)"')
+_PROCESSED = re.compile(rb'"processed"\s*:\s*(\d+)')
+
+
+@dataclass(frozen=True)
+class Sizes:
+    seed_items: int
+    zero_items: int
+    post_runs: int
+    get_requests: int
+    load_seconds: float
+    floor_items: int
+    seed_latency_ms: str
+    small_items: int = 3
+    retry_backoff: dict = field(default_factory=dict)
+
+
+FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
+             floor_items=2_000, seed_latency_ms="500-2000")
+QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
+              floor_items=50, seed_latency_ms="0-10",
+              retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
+
+# 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
+# common PIX failures; the item fails with the SPI code) and 5 % transiently (SPI timeouts: retried
+# with backoff, most then settle). Seeded, so outcomes are reproducible.
+SEED_FAILURES = {"PIX_SIM_PERMANENT_FAILURE_RATE": "0.15", "PIX_SIM_TRANSIENT_FAILURE_RATE": "0.05"}
+SEED_FAILURES_NOTE = "15% permanent + 5% transient failures"
+
+
+@dataclass
+class BatchRun:
+    batch_id: str
+    items: int
+    post_s: float
+    seconds: float | None = None
+    get_s: list[float] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    t95: float | None = None  # seconds until 95 % of the items were processed (the rest is the tail)
+
+    @property
+    def completed(self) -> bool:
+        return self.seconds is not None and not self.problems
+
+
+def make_batch(batch_id: str, items: int) -> dict:
+    """A valid batch with unique external_ids (paid at most once, ever) and EVP keys."""
+    return {"batch_id": batch_id, "items": [
+        {"external_id": f"{batch_id}-{i}", "user_id": f"user-{i % 997}",
+         "amount_cents": 100 + (i * 7919) % 99_900, "pix_key": str(uuid.uuid4())}
+        for i in range(items)]}
+
+
+def check_report(report: dict, items: int) -> tuple[dict, list[str]]:
+    """The report's counters, and every way it disagrees with itself or with what was posted."""
+    counts = {k: report.get(k) for k in ("total", "processed", "successful", "failed", "duplicates")}
+    statuses = Counter(d.get("status") for d in report.get("details", []))
+    problems = []
+    if report.get("status") != "completed":
+        problems.append(f"status {report.get('status')}")
+    if counts["total"] != items or len(report.get("details", [])) != items:
+        problems.append(f"total {counts['total']} / details {len(report.get('details', []))} != {items}")
+    if counts["processed"] != counts["total"]:
+        problems.append(f"processed {counts['processed']} != total {counts['total']}")
+    if counts["processed"] != sum(counts[k] or 0 for k in ("successful", "failed", "duplicates")):
+        problems.append("processed != successful + failed + duplicates")
+    expected = {"paid": counts["successful"], "failed": counts["failed"], "duplicate": counts["duplicates"]}
+    if any(statuses.get(s, 0) != expected[s] for s in FINAL) or sum(statuses.values()) != items:
+        problems.append(f"item statuses {dict(statuses)} disagree with the counters")
+    if counts["duplicates"]:
+        problems.append(f"{counts['duplicates']} duplicates although every external_id is new")
+    return counts, problems
+
+
+class Bench:
+    """Runs scenarios against one Stack and collects their rows."""
+
+    def __init__(self, stack: Stack, sizes: Sizes, profiler: Profiler):
+        self.stack, self.sizes, self.profiler = stack, sizes, profiler
+        self.http = requests.Session()
+        self.http.headers.update(stack.auth_headers)
+        self.redis = redis.Redis.from_url(stack.redis_url)
+        self.rows: list[Row] = []
+        self.completed_large: str | None = None  # a completed zero-latency batch, for `get`
+        self._seq = 0
+
+    # -- environments -----------------------------------------------------------------
+
+    def seed_env(self) -> dict[str, str]:
+        return {"PIX_SIM_LATENCY_MS": self.sizes.seed_latency_ms, "PIX_SIM_SEED": "bench",
+                **SEED_FAILURES, **self.sizes.retry_backoff}
+
+    def zero_env(self) -> dict[str, str]:
+        return {"PIX_SIM_LATENCY_MS": "0", "PIX_SIM_SEED": "bench", **self.sizes.retry_backoff}
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def batch_id(self, scenario: str) -> str:
+        self._seq += 1
+        return f"bench-{self.stack.run_id}-{scenario}-{self._seq}"
+
+    def run_batch(self, scenario: str, items: int, timeout: float | None = None) -> BatchRun:
+        """POST a new batch, poll its report until completed, check it."""
+        batch_id = self.batch_id(scenario)
+        body = json.dumps(make_batch(batch_id, items))
+        url = f"{self.stack.api_url}/api/payouts"
+        started = time.perf_counter()
+        response = self.http.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=120)
+        run = BatchRun(batch_id, items, time.perf_counter() - started)
+        if response.status_code != 202:
+            run.problems.append(f"POST answered {response.status_code}: {response.text[:200]}")
+            return run
+        deadline = started + (timeout or max(60.0, items / 10))
+        while True:
+            asked = time.perf_counter()
+            response = self.http.get(f"{url}/{batch_id}", timeout=60)
+            run.get_s.append(time.perf_counter() - asked)
+            head = response.content[:2048]
+            status, processed = _STATUS.search(head), _PROCESSED.search(head)
+            if run.t95 is None and processed and int(processed[1]) >= 0.95 * items:
+                run.t95 = time.perf_counter() - started
+            if response.status_code == 200 and status and status[1] == b"completed":
+                run.seconds = time.perf_counter() - started
+                break
+            if time.perf_counter() > deadline:
+                run.problems.append(f"not completed after {deadline - started:.0f} s: "
+                                    f"{response.content[:300].decode(errors='replace')}")
+                return run
+            time.sleep(max(0.0, POLL_S - (time.perf_counter() - asked)))
+        run.counts, problems = check_report(response.json(), items)
+        run.problems.extend(problems)
+        return run
+
+    # -- measuring ----------------------------------------------------------------------
+
+    @contextmanager
+    def measure(self, scenario: str) -> Iterator[Sampler]:
+        """Sample RSS/CPU of the API, workers and Redis (and py-spy them with --profile)."""
+        def roles() -> dict[str, list[int]]:
+            return {"api": [self.stack.api.pid], "worker": [w.pid for w in self.stack.workers],
+                    "redis": [self.stack.redis.pid]}
+
+        with Sampler(roles) as sampler, self.profiler.record(scenario, roles()):
+            yield sampler
+
+    def leftovers(self, client: redis.Redis, wait_s: float = 10.0) -> list[str]:
+        """Messages still queued or unacknowledged, and chords whose counters are still open."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            queued, unacked = client.llen("celery"), client.hlen("unacked")
+            open_chords = [k for k in client.scan_iter("celery-taskset-meta-*", count=1000)
+                           if k.endswith((b".j", b".s", b".t", b".d"))]
+            if not (queued or unacked or open_chords) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        problems = []
+        if queued or unacked:
+            problems.append(f"broker not drained: {queued} queued, {unacked} unacked")
+        if open_chords:
+            problems.append(f"{len({k.rsplit(b'.', 1)[0] for k in open_chords})} chord(s) left open")
+        return problems
+
+    def row(self, scenario: str, runs: list[BatchRun], sampler: Sampler, notes: list[str]) -> Row:
+        done = [r for r in runs if r.seconds is not None]
+        seconds = statistics.median(r.seconds for r in done) if done else None
+        items = runs[0].items if runs else 0
+        row = Row(scenario, items, seconds, items / seconds if seconds else None,
+                  post_ms=[r.post_s * 1000 for r in runs],
+                  get_ms=[g * 1000 for r in runs for g in r.get_s],
+                  batches=len(runs), batches_completed=sum(r.completed for r in runs),
+                  usage=vars(sampler.usage), notes=notes)
+        row.problems = [f"{r.batch_id}: {p}" for r in runs for p in r.problems]
+        row.problems += self.leftovers(self.redis)
+        row.completed = bool(runs) and row.batches_completed == len(runs) and not row.problems
+        if len(runs) == 1 and runs[0].counts:
+            c, run = runs[0].counts, runs[0]
+            row.notes.append(f"paid {c.get('successful')} failed {c.get('failed')} dup {c.get('duplicates')}"
+                             + (f"; 95% processed at {run.t95:.1f} s" if run.items >= 100 else ""))
+        row.extra["batches"] = [vars(r) | {"get_s": len(r.get_s)} for r in runs]
+        cpu = sampler.usage.cpu_s
+        roles = ("api", "worker", "redis", "bench", "other")
+        row.notes.append("CPU % of a core: " + " ".join(f"{k} {cpu[k + '_pct']}" for k in roles))
+        self.rows.append(row)
+        return row
+
+    # -- scenarios ------------------------------------------------------------------------
+
+    def worker_note(self, count: int) -> str:
+        return f"{count} worker x gevent -c {self.stack.concurrency}"
+
+    def seed_profile(self, scenario: str = "seed-profile", workers: int = 1) -> Row:
+        self.stack.ensure_workers(self.seed_env(), workers)
+        with self.measure(scenario) as sampler:
+            run = self.run_batch(scenario, self.sizes.seed_items)
+        return self.row(scenario, [run], sampler, [
+            self.worker_note(workers), f"latency {self.sizes.seed_latency_ms} ms, {SEED_FAILURES_NOTE}"])
+
+    def zero_latency(self) -> Row:
+        self.stack.ensure_workers(self.zero_env(), 1)
+        with self.measure("zero-latency") as sampler:
+            run = self.run_batch("zero-latency", self.sizes.zero_items)
+        if run.completed:
+            self.completed_large = run.batch_id
+        return self.row("zero-latency", [run], sampler, [self.worker_note(1), "latency 0"])
+
+    def post_10k(self) -> Row:
+        """POST latency of large batches: one at a time, each settled (and checked) before the next."""
+        self.stack.ensure_workers(self.zero_env(), 1)
+        with self.measure("post-10k") as sampler:
+            runs = [self.run_batch("post-10k", self.sizes.zero_items) for _ in range(self.sizes.post_runs)]
+        if any(r.completed for r in runs):
+            self.completed_large = next(r.batch_id for r in runs if r.completed)
+        return self.row("post-10k", runs, sampler,
+                        [f"{len(runs)} runs, worker running (latency 0); seconds, items/s: median"])
+
+    def get(self) -> list[Row]:
+        self.stack.ensure_workers(self.zero_env(), 1)
+        runs = []
+        if self.completed_large is None:
+            runs.append(self.run_batch("get", self.sizes.zero_items))
+            self.completed_large = runs[-1].batch_id
+        url = f"{self.stack.api_url}/api/payouts/{self.completed_large}"
+        with self.measure("get") as sampler:
+            latencies, sizes = [], set()
+            for _ in range(self.sizes.get_requests):
+                started = time.perf_counter()
+                response = self.http.get(url, timeout=60)
+                latencies.append((time.perf_counter() - started) * 1000)
+                sizes.add(len(response.content))
+        report_row = Row("get", self.sizes.zero_items, usage=vars(sampler.usage), get_ms=latencies,
+                         batches=len(runs), batches_completed=sum(r.completed for r in runs),
+                         notes=[f"{len(latencies)} sequential GETs of a completed report, "
+                                f"{max(sizes) / 1024:,.0f} KiB each"])
+        report_row.problems = [p for r in runs for p in r.problems]
+        report_row.completed = not report_row.problems
+        self.rows.append(report_row)
+
+        small = self.run_batch("get-small", self.sizes.small_items)
+        with self.measure("get-load") as sampler:
+            load = run_load(f"{self.stack.api_url}/api/payouts/{small.batch_id}", self.sizes.load_seconds,
+                            headers=self.stack.auth_headers)
+        load_row = self.row("get-load", [small], sampler, [
+            f"items/s = GET req/s on a {small.items}-item batch; {load.tool}, {load.seconds:.0f} s, "
+            f"{load.errors} errors"])
+        load_row.seconds, load_row.items, load_row.items_per_s = load.seconds, load.requests, load.rate
+        load_row.post_ms, load_row.get_ms = [], [load.p50_ms, load.p95_ms]
+        load_row.extra["load"] = vars(load)
+        if load.errors:
+            load_row.problems.append(f"{load.errors} load errors")
+        return [report_row, load_row]
+
+    def scale(self) -> list[Row]:
+        one = self.seed_profile("scale-1w", workers=1)
+        two = self.seed_profile("scale-2w", workers=2)
+        if one.items_per_s and two.items_per_s:
+            two.notes.insert(0, f"{two.items_per_s / one.items_per_s:.2f}x of 1 worker")
+        return [one, two]
+
+    def floor(self) -> Row:
+        """A plain Celery chord of no-op tasks, default settings, on database 1 of the same Redis."""
+        url = self.stack.redis_url.rsplit("/", 1)[0] + "/1"
+        os.environ["BENCH_FLOOR_URL"] = url  # floor_app reads it at import
+        from bench import floor_app
+
+        self.stack.start_floor_worker(url)
+        items = self.sizes.floor_items
+        client = redis.Redis.from_url(url)
+        run = BatchRun("floor", items, 0.0)
+        with self.measure("floor") as sampler:
+            started = time.perf_counter()
+            result = chord(floor_app.noop.si() for _ in range(items))(floor_app.done.s())
+            run.post_s = time.perf_counter() - started
+            deadline = started + max(60.0, items / 10)
+            while not result.ready() and time.perf_counter() < deadline:
+                time.sleep(POLL_S)
+            if result.ready():
+                run.seconds = time.perf_counter() - started
+                if result.result != items:
+                    run.problems.append(f"callback saw {result.result} results, expected {items}")
+            else:
+                run.problems.append(f"chord not completed after {deadline - started:.0f} s")
+        row = self.row("floor", [run], sampler, ["plain Celery chord of no-ops, Celery defaults (prefork)",
+                                                 "POST = publishing the chord"])
+        row.problems += self.leftovers(client)
+        row.completed = row.completed and not row.problems
+        del result  # its __del__ unsubscribes from the result channel: do it while Redis is up
+        gc.collect()
+        floor_app.app.close()
+        client.close()
+        self.stack.stop_workers()
+        return row
+
+
+SCENARIOS = {
+    "seed-profile": Bench.seed_profile,
+    "zero-latency": Bench.zero_latency,
+    "post-10k": Bench.post_10k,
+    "get": Bench.get,
+    "scale": Bench.scale,
+    "floor": Bench.floor,
+}
