@@ -34,12 +34,12 @@ def sweep() -> dict[str, str]:
         return {}
     try:
         return {batch_id: action for batch_id in get_store().open_batch_ids()
-                if (action := sweep_batch(batch_id, settings.stall_after_s))}
+                if (action := sweep_batch(batch_id, settings.stall_after_s, settings.sweep_interval_s))}
     finally:
         store_client().delete(SWEEP_LOCK)
 
 
-def sweep_batch(batch_id: str, stall_after_s: int) -> str | None:
+def sweep_batch(batch_id: str, stall_after_s: int, grace_s: int) -> str | None:
     store = get_store()
     info = store.batch_progress(batch_id)
     if info is None or info["state"] == "completed":
@@ -51,12 +51,14 @@ def sweep_batch(batch_id: str, stall_after_s: int) -> str | None:
         store.open_batch(batch_id)
         log.warning("sweep: batch was never opened; published it", extra={"batch_id": batch_id})
         return "published"
+    idle_s = time.time() - info["progress_ms"] / 1000
     if info["processed"] >= info["total"]:
+        if idle_s < grace_s:  # the chord's own callback is normally a moment away
+            return None
         store.complete_batch(batch_id)
         log.warning("sweep: every item final but batch not completed; completed it",
                     extra={"batch_id": batch_id})
         return "completed"
-    idle_s = time.time() - info["progress_ms"] / 1000
     if idle_s < stall_after_s:
         return None
     unfinished = store.unfinished_indexes(batch_id)
