@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 
 import redis
@@ -43,14 +44,16 @@ def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,
     while the batch is still `accepting`, so nothing is paid for a batch that ends up refused.
     A replay of a batch whose publisher died before opening it publishes it again.
     """
-    created, state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by)
+    lease = uuid.uuid4().hex
+    created, state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by,
+                                        lease_token=lease)
     if created:
         try:
             publish_batch(batch_id, len(orders))
         except Exception:
-            log.exception("publishing batch %s failed; discarding it", batch_id)
+            log.exception("publishing batch failed; discarding it", extra={"batch_id": batch_id})
             with contextlib.suppress(redis.RedisError):
-                store.discard_batch(batch_id)
+                store.discard_batch(batch_id, lease)  # refused if the sweeper took it over
             raise
         store.open_batch(batch_id)
         return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,12 +150,24 @@ finish(KEYS[1], KEYS[2], idx, item, outcome)
 return {outcome}
 """
 
-# KEYS: batch, publisher lease. ARGV: lease seconds. A publisher that died before opening its
-# batch leaves it `accepting`; once its lease expired, the next replay may publish it again.
+# KEYS: batch, publisher lease. ARGV: lease seconds, token. A publisher that died before opening
+# its batch leaves it `accepting`; once its lease expired, the next replay may publish it again.
 _TAKE_OVER_PUBLISHING = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'accepting' then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 1 end
 return 0
+"""
+
+# KEYS: batch, items, orders, lease, all batches, open batches. ARGV: token, batch_id.
+# Deletes a batch whose publishing failed, only while its publisher still holds the lease: once
+# another process took the batch over and published it, its settle tasks may be paying.
+_DISCARD_BATCH = """
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'accepting' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[2])
+redis.call('SREM', KEYS[6], ARGV[2])
+return 1
 """
 
 # KEYS: batch, open-batches set. ARGV: now, batch_id. Completes the batch once every item is final.
@@ -242,6 +255,7 @@ class PayoutStore:
         self._record = client.register_script(_RECORD_OUTCOME)
         self._complete = client.register_script(_COMPLETE_BATCH)
         self._take_over = client.register_script(_TAKE_OVER_PUBLISHING)
+        self._discard = client.register_script(_DISCARD_BATCH)
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -250,12 +264,13 @@ class PayoutStore:
     # -- accepting a batch -------------------------------------------------------------
 
     def create_batch(self, batch_id: str, payload_fingerprint: str, orders: Sequence[Order],
-                     submitted_by: str = "", publish_lease_s: int = 60) -> tuple[bool, str]:
+                     submitted_by: str = "", publish_lease_s: int = 60,
+                     lease_token: str | None = None) -> tuple[bool, str]:
         """Write a new batch in state `accepting`, or find the existing one.
 
         Returns (created, state). Raises BatchConflict when batch_id exists with another payload.
         WATCH makes the existence check and the write one atomic step against a racing POST.
-        The creator holds a publishing lease so a concurrent replay does not publish it too.
+        The creator holds a publishing lease (lease_token) so nobody else publishes it meanwhile.
         """
         batch_key, items_key, orders_key = _keys(batch_id)
         first_seen: dict[str, int] = {}
@@ -306,7 +321,7 @@ class PayoutStore:
                     })
                     pipe.hset(items_key, mapping=items)
                     pipe.hset(orders_key, mapping=private)
-                    pipe.set(_lease_key(batch_id), "1", ex=publish_lease_s)
+                    pipe.set(_lease_key(batch_id), lease_token or uuid.uuid4().hex, ex=publish_lease_s)
                     pipe.zadd(ALL_BATCHES, {batch_id: time.time()})
                     pipe.sadd(OPEN_BATCHES, batch_id)
                     pipe.execute()
@@ -317,7 +332,7 @@ class PayoutStore:
     def take_over_publishing(self, batch_id: str, publish_lease_s: int = 60) -> bool:
         """True when the batch is still `accepting` and its publisher's lease has expired."""
         return bool(self._take_over(keys=[_batch_key(batch_id), _lease_key(batch_id)],
-                                    args=[publish_lease_s]))
+                                    args=[publish_lease_s, uuid.uuid4().hex]))
 
     def open_batch(self, batch_id: str) -> None:
         """The chord is published: let the settle tasks start."""
@@ -327,13 +342,10 @@ class PayoutStore:
             pipe.delete(_lease_key(batch_id))
             pipe.execute()
 
-    def discard_batch(self, batch_id: str) -> None:
-        """Remove a batch whose chord could not be published (nothing was settled: still accepting)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(*_keys(batch_id), _lease_key(batch_id))
-            pipe.zrem(ALL_BATCHES, batch_id)
-            pipe.srem(OPEN_BATCHES, batch_id)
-            pipe.execute()
+    def discard_batch(self, batch_id: str, lease_token: str) -> bool:
+        """Remove a batch whose chord could not be published, if we still hold its lease."""
+        keys = [*_keys(batch_id), _lease_key(batch_id), ALL_BATCHES, OPEN_BATCHES]
+        return bool(self._discard(keys=keys, args=[lease_token, batch_id]))
 
     # -- settling one item -------------------------------------------------------------
 

@@ -81,3 +81,17 @@ def test_a_late_success_after_the_external_id_was_claimed_again_is_left_to_recon
 
     assert store.record_paid(f"r1-{uid}", 0, "E-old", 1) == "failed"
     assert store.claim(f"r-{uid}")["batch_id"] == f"r2-{uid}"
+
+
+def test_a_failed_publisher_discards_its_batch_only_while_it_holds_the_lease(store, uid, redis_client):
+    orders = [Order(0, f"d-{uid}", "u", 100, "a@b.com", "a***@b.com")]
+    store.create_batch(f"mine-{uid}", "fp", orders, lease_token="token-a")
+    assert not store.discard_batch(f"mine-{uid}", "token-b")
+    assert store.discard_batch(f"mine-{uid}", "token-a")
+    assert store.report(f"mine-{uid}") is None
+
+    store.create_batch(f"taken-{uid}", "fp", orders, publish_lease_s=1, lease_token="token-a")
+    redis_client.delete(f"payouts:batch:taken-{uid}:publisher")  # the lease expired ...
+    assert store.take_over_publishing(f"taken-{uid}")  # ... and the sweeper took the batch over
+    assert not store.discard_batch(f"taken-{uid}", "token-a")
+    assert store.report(f"taken-{uid}") is not None
