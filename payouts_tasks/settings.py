@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 
 
@@ -204,9 +204,6 @@ class Settings:
             readyz_timeout_s=_float(env, "PAYOUTS_READYZ_TIMEOUT_S", 1.0, 0.05, 30.0),
             api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
         )
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @lru_cache(maxsize=1)
