@@ -54,7 +54,8 @@ def _check_broker(timeout: float) -> dict:
 
 def _check_workers(timeout: float) -> dict:
     def ping_workers():
-        replies = celery_app.control.ping(timeout=timeout)
+        # limit=1: answer as soon as one worker replies instead of waiting out the timeout.
+        replies = celery_app.control.ping(timeout=timeout, limit=1)
         if not replies:
             raise OperationalError("no worker answered")
         return {"count": len(replies)}
