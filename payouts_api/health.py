@@ -58,5 +58,5 @@ def _check_workers(timeout: float) -> dict:
         replies = celery_app.control.ping(timeout=timeout, limit=1)
         if not replies:
             raise OperationalError("no worker answered")
-        return {"count": len(replies)}
+        return {"first": next(iter(replies[0]))}
     return _timed(ping_workers)
