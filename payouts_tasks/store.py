@@ -13,6 +13,7 @@ Keys
 - `payouts:batches`                   sorted set: every batch_id by creation time (reconciliation)
 - `payouts:batches:open`              set: batches not yet completed (the sweeper's work list)
 - `payouts:stats`                     hash: items that reached each final status, ever (metrics)
+- `payouts:sweeper:lock`              one sweep at a time
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CLAIM_PREFIX = PREFIX + "claim:"
 ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
 STATS = PREFIX + "stats"
+SWEEP_LOCK = PREFIX + "sweeper:lock"
 FINAL_STATUSES = ("paid", "failed", "duplicate")
 
 # Shared Lua: decode an item, move it to a final status and bump the counters together.
@@ -48,9 +50,9 @@ local function finish(batch_key, items_key, idx, item, status)
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, COUNTER[status], 1)
   redis.call('HSET', batch_key, 'progress_ms', now_ms())
-  redis.call('HINCRBY', 'payouts:stats', status, 1)
+  redis.call('HINCRBY', '$STATS', status, 1)
 end
-"""
+""".replace("$STATS", STATS)
 
 # KEYS: batch, items, orders. ARGV: index, claim prefix, batch_id, now.
 # Decides what the settle task does next and takes the external_id claim atomically.
@@ -129,7 +131,7 @@ if FINAL[item.status] then
   end
   redis.call('HINCRBY', KEYS[1], 'failed', -1)
   redis.call('HINCRBY', KEYS[1], 'processed', -1)
-  redis.call('HINCRBY', 'payouts:stats', 'failed', -1)
+  redis.call('HINCRBY', '$STATS', 'failed', -1)
 end
 if outcome == 'paid' then
   -- The provider settled under this item's idempotency key: the money moved for this item.
@@ -148,7 +150,7 @@ else
 end
 finish(KEYS[1], KEYS[2], idx, item, outcome)
 return {outcome}
-"""
+""".replace("$STATS", STATS)
 
 # KEYS: batch, publisher lease. ARGV: lease seconds, token. A publisher that died before opening
 # its batch leaves it `accepting`; once its lease expired, the next replay may publish it again.
@@ -444,6 +446,13 @@ class PayoutStore:
         """Items not yet in a final state, in submission order."""
         items = self.client.hgetall(_keys(batch_id)[1])
         return sorted(int(k) for k, v in items.items() if json.loads(v)["status"] not in FINAL_STATUSES)
+
+    def try_sweep_lock(self, ttl_s: int) -> bool:
+        """Take the sweeper's lock (expires by itself if the sweeper dies)."""
+        return bool(self.client.set(SWEEP_LOCK, "1", nx=True, ex=ttl_s))
+
+    def release_sweep_lock(self) -> None:
+        self.client.delete(SWEEP_LOCK)
 
     def touch_progress(self, batch_id: str) -> None:
         """Note that the batch was just (re)driven, so the sweeper leaves it alone for a while."""

@@ -17,26 +17,24 @@ import time
 
 from payouts_tasks.batches import publish_items
 from payouts_tasks.celery_app import app
-from payouts_tasks.resources import get_store, store_client
+from payouts_tasks.resources import get_store
 from payouts_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-SWEEP_LOCK = "payouts:sweeper:lock"
-
 
 @app.task(name="payouts.sweep", ignore_result=True)
 def sweep() -> dict[str, str]:
     """One pass over the open batches; returns what it did per batch (for logs and tests)."""
     settings = get_settings()
+    store = get_store()
     # One sweep at a time, whatever the number of beat schedulers or manual calls.
-    if not store_client().set(SWEEP_LOCK, "1", nx=True, ex=max(settings.sweep_interval_s, 5)):
+    if not store.try_sweep_lock(ttl_s=max(settings.sweep_interval_s, 5)):
         return {}
     try:
-        return {batch_id: action for batch_id in get_store().open_batch_ids()
+        return {batch_id: action for batch_id in store.open_batch_ids()
                 if (action := sweep_batch(batch_id, settings.stall_after_s, settings.sweep_interval_s))}
     finally:
-        store_client().delete(SWEEP_LOCK)
+        store.release_sweep_lock()
 
 
 def sweep_batch(batch_id: str, stall_after_s: int, grace_s: int) -> str | None:
