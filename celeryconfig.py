@@ -26,7 +26,6 @@ timezone = "UTC"
 # delivery cannot move money twice.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_track_started = False
 
 # Redis redelivers an unacknowledged message after the visibility timeout; retry countdowns
 # stay far below it (settings.py enforces that) so a waiting retry is never delivered twice.
@@ -66,4 +65,3 @@ beat_schedule = {
 }
 
 result_expires = 7 * 24 * 3600
-result_extended = False
