@@ -17,9 +17,7 @@ def aggregate(self, batch_id: str) -> dict:
     state = store.complete_batch(batch_id)
     if state[0] == "incomplete":  # every header task returned, so this is a lagging write
         raise self.retry(countdown=1)
-    report = store.report(batch_id) or {}
-    counts = {k: report.get(k) for k in
-              ("batch_id", "status", "total", "processed", "successful", "failed", "duplicates")}
-    if report:
-        log.info("batch completed: %s", summary_line(report), extra={"batch_id": batch_id, **counts})
-    return counts
+    summary = store.summary(batch_id) or {}
+    if summary:
+        log.info("batch completed: %s", summary_line(summary), extra=summary)
+    return summary

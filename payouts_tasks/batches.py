@@ -57,10 +57,20 @@ def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,
             raise
         store.open_batch(batch_id)
         return True
-    if state == "accepting" and store.take_over_publishing(batch_id):
-        # Its first publisher died: publish again (settle is idempotent per item, so messages
-        # it had already sent cannot pay twice). On failure keep it; the next replay retries.
-        log.warning("batch %s was left unopened; publishing it again", batch_id)
-        publish_batch(batch_id, len(orders))
-        store.open_batch(batch_id)
+    if state == "accepting":
+        publish_if_abandoned(store, batch_id, len(orders))
     return False
+
+
+def publish_if_abandoned(store: PayoutStore, batch_id: str, total: int) -> bool:
+    """Publish a batch left `accepting` once its publisher's lease expired (it died).
+
+    Settle is idempotent per item, so messages the first publisher had already sent cannot pay
+    twice. On failure the batch stays `accepting`; the next replay or sweep tries again.
+    """
+    if not store.take_over_publishing(batch_id):
+        return False
+    log.warning("batch was left unopened; publishing it again", extra={"batch_id": batch_id})
+    publish_batch(batch_id, total)
+    store.open_batch(batch_id)
+    return True

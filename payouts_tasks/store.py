@@ -248,6 +248,25 @@ def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _report_head(header: dict) -> dict:
+    """The report's fields (SPEC §4) but its details, from the batch hash."""
+    h = {_s(k): _s(v) for k, v in header.items()}
+    head = {
+        "batch_id": h["batch_id"],
+        "status": "completed" if h["state"] == "completed" else "processing",
+        "total": int(h["total"]),
+        "processed": int(h["processed"]),
+        "successful": int(h["successful"]),
+        "failed": int(h["failed"]),
+        "duplicates": int(h["duplicates"]),
+        "created_at": h["created_at"],
+        "completed_at": h["completed_at"] or None,
+    }
+    if h.get("submitted_by"):
+        head["submitted_by"] = h["submitted_by"]
+    return head
+
+
 class PayoutStore:
     """Batches, item statuses and claims in Redis; every money-relevant write is atomic."""
 
@@ -394,22 +413,14 @@ class PayoutStore:
             header, items = pipe.execute()
         if not header:
             return None
-        h = {_s(k): _s(v) for k, v in header.items()}
         details = [_s(v) for _, v in sorted(items.items(), key=lambda kv: int(kv[0]))]
-        head = {
-            "batch_id": h["batch_id"],
-            "status": "completed" if h["state"] == "completed" else "processing",
-            "total": int(h["total"]),
-            "processed": int(h["processed"]),
-            "successful": int(h["successful"]),
-            "failed": int(h["failed"]),
-            "duplicates": int(h["duplicates"]),
-            "created_at": h["created_at"],
-            "completed_at": h["completed_at"] or None,
-        }
-        if h.get("submitted_by"):
-            head["submitted_by"] = h["submitted_by"]
-        return json.dumps(head, separators=(",", ":"))[:-1] + ',"details":[' + ",".join(details) + "]}"
+        head = json.dumps(_report_head(header), separators=(",", ":"))
+        return head[:-1] + ',"details":[' + ",".join(details) + "]}"
+
+    def summary(self, batch_id: str) -> dict | None:
+        """The report without its details: one small read, whatever the batch's size."""
+        header = self.client.hgetall(_batch_key(batch_id))
+        return _report_head(header) if header else None
 
     def report(self, batch_id: str) -> dict | None:
         raw = self.report_json(batch_id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from payouts_tasks.batches import publish_items
+from payouts_tasks.batches import publish_if_abandoned, publish_items
 from payouts_tasks.celery_app import app
 from payouts_tasks.resources import get_store
 from payouts_tasks.settings import get_settings
@@ -43,12 +43,7 @@ def sweep_batch(batch_id: str, stall_after_s: int, grace_s: int) -> str | None:
     if info is None or info["state"] == "completed":
         return None
     if info["state"] == "accepting":
-        if not store.take_over_publishing(batch_id):
-            return None
-        publish_items(batch_id, list(range(info["total"])))
-        store.open_batch(batch_id)
-        log.warning("sweep: batch was never opened; published it", extra={"batch_id": batch_id})
-        return "published"
+        return "published" if publish_if_abandoned(store, batch_id, info["total"]) else None
     idle_s = time.time() - info["progress_ms"] / 1000
     if info["processed"] >= info["total"]:
         if idle_s < grace_s:  # the chord's own callback is normally a moment away
