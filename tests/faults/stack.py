@@ -98,6 +98,12 @@ class Stack:
         wait_for_log(proc, "ready.", 30)
         return proc
 
+    def start_service(self, **worker_options) -> subprocess.Popen:
+        """API, beat and one worker, as production runs them; returns the worker."""
+        self.start_api()
+        self.start_beat()
+        return self.start_worker(**worker_options)
+
     def start_beat(self) -> subprocess.Popen:
         return self._spawn("beat", [str(BIN / "celery"), "-A", "payouts_tasks", "beat",
                                     "--loglevel", "INFO",

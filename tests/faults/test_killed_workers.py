@@ -14,9 +14,7 @@ from tests.faults.stack import items
 @pytest.mark.parametrize("kill_at", [0.2, 0.7])
 def test_gevent_worker_killed_mid_batch(make_stack, kill_at):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    first = stack.start_worker()
+    first = stack.start_service()
     assert stack.post("killed", items("k", 1000)).status_code == 202
 
     stack.wait_until("killed", int(1000 * kill_at))
@@ -32,9 +30,7 @@ def test_gevent_worker_killed_mid_batch(make_stack, kill_at):
 
 def test_prefork_pool_child_killed_mid_batch(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    worker = stack.start_worker(pool="prefork", concurrency=4)
+    worker = stack.start_service(pool="prefork", concurrency=4)
     assert stack.post("child", items("c", 300)).status_code == 202
 
     for point in (60, 150):

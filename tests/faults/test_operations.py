@@ -16,9 +16,7 @@ from tests.faults.stack import items
 
 def test_sigterm_to_a_worker_mid_batch_loses_nothing_and_pays_nothing_twice(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    worker = stack.start_worker()
+    worker = stack.start_service()
     assert stack.post("term", items("t", 800)).status_code == 202
     stack.wait_until("term", 200)
 

@@ -7,9 +7,7 @@ from tests.faults.stack import items
 
 def test_timeout_after_the_money_moved_is_found_not_repaid(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    stack.start_worker()
+    stack.start_service()
     batch = items("moved", 10, pix_key="settle.then.timeout@pix.test") + items("plain", 10)
     assert stack.post("lost-answers", batch).status_code == 202
 
@@ -24,9 +22,7 @@ def test_timeout_after_the_money_moved_is_found_not_repaid(make_stack):
 
 def test_stuck_settlement_fails_cleanly_at_the_deadline(make_stack):
     stack = make_stack(PIX_SIM_SETTLEMENT_TIMEOUT_S="0.5", PAYOUTS_SETTLE_MAX_ATTEMPTS="2")
-    stack.start_api()
-    stack.start_beat()
-    stack.start_worker()
+    stack.start_service()
     batch = items("fine", 5) + items("stuck", 3, pix_key="slow.stuck@pix.test")
     assert stack.post("stuck", batch).status_code == 202
 
@@ -41,9 +37,7 @@ def test_stuck_settlement_fails_cleanly_at_the_deadline(make_stack):
 def test_hung_call_is_ended_by_the_time_limit_and_the_batch_completes(make_stack):
     stack = make_stack(PAYOUTS_SETTLE_TIME_LIMIT_S="2", PIX_SIM_SETTLEMENT_TIMEOUT_S="1",
                        PAYOUTS_SETTLE_MAX_ATTEMPTS="2", PAYOUTS_STALL_AFTER_S="3")
-    stack.start_api()
-    stack.start_beat()
-    stack.start_worker()
+    stack.start_service()
     batch = items("fine", 5) + items("hung", 2, pix_key="hang@pix.test")
     assert stack.post("hung", batch).status_code == 202
 

@@ -11,9 +11,7 @@ from tests.faults.stack import items
 
 def test_twenty_concurrent_batches_sharing_external_ids(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    stack.start_worker()
+    stack.start_service()
     shared = items("shared", 10)
     batches = {f"race-{n}": shared + items(f"own{n}", 5) for n in range(20)}
 
@@ -30,9 +28,7 @@ def test_twenty_concurrent_batches_sharing_external_ids(make_stack):
 
 def test_one_batch_id_posted_concurrently(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    worker = stack.start_worker()
+    worker = stack.start_service()
     same = items("same", 30)
     other = items("other", 30)
 

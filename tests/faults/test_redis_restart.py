@@ -9,9 +9,7 @@ from tests.faults.stack import items
 
 def test_redis_restart_mid_batch(make_stack):
     stack = make_stack()
-    stack.start_api()
-    stack.start_beat()
-    stack.start_worker()
+    stack.start_service()
     assert stack.post("restart", items("r", 600)).status_code == 202
     stack.wait_until("restart", 100)
 
