@@ -79,7 +79,10 @@ def key_digest(key: str) -> str:
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """PAYOUTS_API_KEYS="name:key,name2:key2" -> ((name, digest), ...); several allow rotation."""
+    """PAYOUTS_API_KEYS="client:key,client:key2,other:key3" -> ((client, digest), ...).
+
+    The name is the client (tenant); one client may hold several keys, for rotation.
+    """
     raw = env.get("PAYOUTS_API_KEYS") or ""
     keys = []
     for pair in filter(None, (p.strip() for p in raw.split(","))):
@@ -91,8 +94,8 @@ def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
             raise SettingsError(f"PAYOUTS_API_KEYS: the key named {name!r} is shorter than "
                                 f"{MIN_API_KEY_LENGTH} characters")
         keys.append((name, key_digest(key)))
-    if len({n for n, _ in keys}) != len(keys):
-        raise SettingsError("PAYOUTS_API_KEYS: each key needs its own name")
+    if len({d for _, d in keys}) != len(keys):
+        raise SettingsError("PAYOUTS_API_KEYS: the same key is listed twice")
     return tuple(keys)
 
 

@@ -30,10 +30,15 @@ TEST_ENV = {
     "PAYOUTS_RATELIMIT_ENABLED": "false",
     "WORKER_CONCURRENCY": "50",
     "PAYOUTS_WORKER_METRICS_PORT": "0",
-    "PAYOUTS_API_KEYS": "tests:tests-key-0123456789,rotated:rotated-key-0123456789",
+    "PAYOUTS_ENV": "test",
+    # Two clients (tenants): `tests` holds two keys (rotation), `other` is a second platform.
+    "PAYOUTS_API_KEYS": ("tests:tests-key-0123456789,tests:rotated-key-0123456789,"
+                         "other:other-key-0123456789"),
     "PAYOUTS_API_KEY": "tests-key-0123456789",  # what the CLI sends
 }
 API_KEY = TEST_ENV["PAYOUTS_API_KEY"]
+ROTATED_KEY = "rotated-key-0123456789"
+OTHER_KEY = "other-key-0123456789"
 
 
 class KeyedClient(FlaskClient):
