@@ -39,10 +39,14 @@ _CPF_FORMATTED = re.compile(r"[0-9]{3}\.?[0-9]{3}\.?[0-9]{3}-?[0-9]{2}")
 _CNPJ_FORMATTED = re.compile(r"[0-9A-Z]{2}\.?[0-9A-Z]{3}\.?[0-9A-Z]{3}/?[0-9A-Z]{4}-?[0-9]{2}")
 _CNPJ = re.compile(r"[0-9A-Z]{12}[0-9]{2}")
 _PHONE_SEPARATORS = re.compile(r"[ ().-]")
-_PHONE = re.compile(r"\+[1-9][0-9][0-9]{1,14}")  # SPEC §7, digits in ASCII only
-_PHONE_BR = re.compile(r"\+55[1-9]{2}9[0-9]{8}")  # area code 11-99 without a 0, 9-digit mobile
+_PHONE = re.compile(r"\+[1-9][0-9]{1,14}")  # SPEC §7: E.164, at most 15 digits, ASCII only
+_PHONE_BR = re.compile(r"\+55([0-9]{2})9[0-9]{8}")  # 2-digit area code, 9-digit mobile
+# ANATEL's assigned area codes (DDD); the gaps (20, 23, 25, 26, 29, 30, 36, ...) reach no one.
+BR_AREA_CODES = frozenset(
+    str(n) for n in (*range(11, 20), 21, 22, 24, 27, 28, *range(31, 36), 37, 38, *range(41, 50), 51,
+                     53, 54, 55, *range(61, 70), 71, 73, 74, 75, 77, 79, *range(81, 90), *range(91, 100)))
 _EVP = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EMAIL_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL_ATOM = r"[a-z0-9!#$&'*+/=?^_`{|}~-]+"  # the DICT class (no %), dots between atoms only
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL = re.compile(rf"{_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.[a-z]"
                     r"(?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -176,9 +180,14 @@ def _parse_phone(key: str) -> str:
     if not _PHONE.fullmatch(compact):
         raise InvalidPixKey("Not a valid phone key: expected E.164, + and country code, "
                             "e.g. +5511912345678.")
-    if compact.startswith("+55") and not _PHONE_BR.fullmatch(compact):
-        raise InvalidPixKey("Not a valid phone key: a Brazilian key is +55, a 2-digit area code "
-                            "(11-99) and a 9-digit mobile number starting with 9.")
+    if compact.startswith("+55"):
+        brazilian = _PHONE_BR.fullmatch(compact)
+        if not brazilian:
+            raise InvalidPixKey("Not a valid phone key: a Brazilian key is +55, a 2-digit area code "
+                                "(11-99) and a 9-digit mobile number starting with 9.")
+        if brazilian[1] not in BR_AREA_CODES:
+            raise InvalidPixKey("Not a valid phone key: a Brazilian key needs an area code (DDD) "
+                                "that ANATEL has assigned.")
     return compact
 
 

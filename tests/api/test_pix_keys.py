@@ -79,12 +79,17 @@ def valid_cnpjs(draw, bases=cnpj_bases) -> str:
     return value
 
 
+# ANATEL's assigned area codes (DDD), written out by first digit as its table lists them.
+ASSIGNED_DDDS = {f"{region}{d}" for region, digits in [
+    (1, "123456789"), (2, "12478"), (3, "1234578"), (4, "123456789"), (5, "1345"),
+    (6, "123456789"), (7, "134579"), (8, "123456789"), (9, "123456789")] for d in digits}
+
 br_phones = st.builds(lambda area, rest: f"+55{area}9{rest}",
-                      st.text("123456789", min_size=2, max_size=2),
+                      st.sampled_from(sorted(ASSIGNED_DDDS)),
                       st.text(string.digits, min_size=8, max_size=8))
-other_phones = st.builds(lambda first, rest: f"+{first}{rest}",
+other_phones = st.builds(lambda first, rest: f"+{first}{rest}",  # E.164: 2 to 15 digits in all
                          st.sampled_from("12346789"),  # no +5x ambiguity with Brazil's +55
-                         st.text(string.digits, min_size=2, max_size=15)).filter(lambda p: len(p) <= 17)
+                         st.text(string.digits, min_size=1, max_size=14))
 _atom = st.text(string.ascii_lowercase + string.digits + "_+-", min_size=1, max_size=12)
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 emails = st.builds(lambda local, labels, tld: f"{'.'.join(local)}@{'.'.join(labels)}.{tld}",
@@ -323,6 +328,65 @@ def test_refused_keys_say_why_without_repeating_the_key(raw, reason):
     assert reason in refused.value.message
     if len(raw.strip()) >= 4:
         assert raw.strip() not in refused.value.message
+
+
+# -- the three rules differential testing found (issue 10, item 9) --------------------------------
+
+
+@pytest.mark.parametrize(("raw", "accepted"), [
+    ("+12", True),  # E.164's shortest: country code and one digit
+    ("+123456789012345", True),  # 15 digits, the most E.164 allows
+    ("+1 234 567-890 123 45", True),  # 15 digits, formatted
+    ("+447911123456", True),
+    ("+1234567890123456", False),  # 16 digits
+    ("+1 234 567-890 123 456", False),  # 16 digits, formatted
+    ("+4479111234567890", False),  # 16 digits
+    ("+12345678901234567890", False),
+    ("+1", False),
+])
+def test_phone_keys_have_at_most_15_digits(raw, accepted):
+    if accepted:
+        assert parse_pix_key(raw).type == "phone"
+        return
+    with pytest.raises(InvalidPixKey, match="E.164") as refused:
+        parse_pix_key(raw)
+    assert raw not in refused.value.message and raw.replace(" ", "") not in refused.value.message
+
+
+@pytest.mark.parametrize(("raw", "accepted"), [
+    ("a%b@example.com", False),
+    ("%@example.com", False),
+    ("user%example.org@relay.com", False),  # the old "percent hack" route
+    ("first.last%tag@example.com.br", False),
+    ("a!#$&'*+/=?^_`{|}~-z@example.com", True),  # every other character of the DICT class
+    ("first.last+tag@example.com", True),
+])
+def test_email_keys_use_the_dict_character_class_without_percent(raw, accepted):
+    if accepted:
+        assert parse_pix_key(raw) == PixKey("email", raw)
+        return
+    with pytest.raises(InvalidPixKey, match="e-mail") as refused:
+        parse_pix_key(raw)
+    assert raw not in refused.value.message and "%" not in refused.value.message
+
+
+@pytest.mark.parametrize("area", ["20", "23", "25", "26", "29", "30", "36", "39", "40", "50", "52",
+                                  "56", "57", "58", "59", "60", "70", "72", "76", "78", "80", "90"])
+def test_brazilian_phones_with_unassigned_area_codes_are_refused(area):
+    for raw in (f"+55{area}912345678", f"+55 ({area}) 91234-5678"):
+        with pytest.raises(InvalidPixKey, match="area code") as refused:
+            parse_pix_key(raw)
+        assert "912345678" not in refused.value.message and area not in refused.value.message
+
+
+@pytest.mark.parametrize("area", [f"{n:02d}" for n in range(100)])
+def test_brazilian_area_codes_are_exactly_anatels_assigned_list(area):
+    raw = f"+55{area}912345678"
+    if area in ASSIGNED_DDDS:
+        assert parse_pix_key(raw) == PixKey("phone", raw)
+    else:
+        with pytest.raises(InvalidPixKey, match="Brazilian"):
+            parse_pix_key(raw)
 
 
 @pytest.mark.parametrize("raw", [None, 12345678909, 1.5, ["a@b.com"], {"k": "v"}, b"a@b.com"])
