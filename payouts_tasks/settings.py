@@ -72,6 +72,16 @@ def _range_ms(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tu
 _KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MIN_API_KEY_LENGTH = 16
 
+# PAYOUTS_ENV: production unless a process says otherwise, so a forgotten variable is the safe one.
+ENVIRONMENTS = ("production", "development", "test")
+RELAXED_ENVIRONMENTS = ("development", "test")
+# The keys shown in .env.example: published, so never a real credential.
+EXAMPLE_API_KEYS = ("change-me-0123456789",)
+# 1,000 times the R$ 14.999,99 cap: above it, production suspects reais typed as cents or a typo.
+PRODUCTION_MAX_AMOUNT_CENTS = 1_499_999 * 1_000
+# Lua's cjson writes numbers as doubles: above 2**53 - 1 the report would round the amount.
+JSON_EXACT_MAX_CENTS = 2**53 - 1
+
 
 def key_digest(key: str) -> str:
     """API keys are kept only as SHA-256 digests, in memory and anywhere else."""
@@ -131,6 +141,7 @@ class Settings:
     api_keys: tuple[tuple[str, str], ...]
     auth_disabled: bool
     log_level: str
+    environment: str
     log_format: str
     worker_metrics_port: int
     worker_metrics_addr: str
@@ -170,7 +181,10 @@ class Settings:
         log_level = (env.get("LOG_LEVEL") or "info").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical: {log_level!r}")
-        return cls(
+        environment = (env.get("PAYOUTS_ENV") or "production").lower()
+        if environment not in ENVIRONMENTS:
+            raise SettingsError(f"PAYOUTS_ENV must be production, development or test, got {environment!r}")
+        settings = cls(
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
             result_backend=env.get("CELERY_RESULT_BACKEND") or redis_url,
@@ -202,6 +216,7 @@ class Settings:
             auth_disabled=_bool(env, "PAYOUTS_AUTH_DISABLED", False),
             log_level=log_level,
             log_format=log_format,
+            environment=environment,
             worker_metrics_port=_int(env, "PAYOUTS_WORKER_METRICS_PORT", 9808),
             worker_metrics_addr=env.get("PAYOUTS_WORKER_METRICS_ADDR") or "127.0.0.1",
             readyz_timeout_s=_float(env, "PAYOUTS_READYZ_TIMEOUT_S", 1.0, 0.05, 30.0),
@@ -209,6 +224,34 @@ class Settings:
         )
 
 
+        refuse_unsafe(settings)
+        return settings
+
+
+def refuse_unsafe(settings: Settings) -> None:
+    """Refuse at start what would let a client, or anyone who read the docs, move money or stop
+    workers (SPEC §9); development and test may run with it, except amounts JSON cannot keep exact."""
+    if settings.max_amount_cents > JSON_EXACT_MAX_CENTS:
+        raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS must be at most {JSON_EXACT_MAX_CENTS} (2**53 - 1): "
+                            "the report's JSON (Lua cjson) would round larger amounts")
+    if settings.environment in RELAXED_ENVIRONMENTS:
+        return
+    why = f"refused with PAYOUTS_ENV={settings.environment} (development and test only)"
+    if settings.auth_disabled:
+        raise SettingsError(f"PAYOUTS_AUTH_DISABLED=true is {why}: anyone could submit payouts")
+    if settings.fault_crash_after_pay:
+        raise SettingsError(f"PAYOUTS_FAULT_CRASH_AFTER_PAY is {why}: any client could kill workers "
+                            "by choosing external_ids")
+    example = {key_digest(key) for key in EXAMPLE_API_KEYS}
+    for name, digest in settings.api_keys:
+        if digest in example:
+            raise SettingsError(f"PAYOUTS_API_KEYS: the key named {name!r} is the published example key "
+                                f"from .env.example, {why}: generate one (python -c 'import secrets; "
+                                "print(secrets.token_urlsafe(32))')")
+    if settings.max_amount_cents > PRODUCTION_MAX_AMOUNT_CENTS:
+        raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS={settings.max_amount_cents} is above "
+                            f"{PRODUCTION_MAX_AMOUNT_CENTS} (1,000 times the R$ 14.999,99 cap), {why}: "
+                            "amounts are in cents, and a cap that high checks nothing")
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read on first use."""

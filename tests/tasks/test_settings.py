@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from payouts_tasks.settings import Settings, SettingsError, key_digest
+from payouts_tasks.faults import armed_marker
+from payouts_tasks.settings import (
+    EXAMPLE_API_KEYS,
+    PRODUCTION_MAX_AMOUNT_CENTS,
+    Settings,
+    SettingsError,
+    key_digest,
+)
 
 
 def test_defaults_derive_every_url_from_redis_url():
@@ -24,7 +33,7 @@ def test_overrides_win():
     ("PIX_SIM_PERMANENT_FAILURE_RATE", "1.5"), ("PAYOUTS_RATELIMIT_ENABLED", "maybe"),
     ("PIX_SIM_ISPB", "123"), ("PAYOUTS_LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud"),
     ("PAYOUTS_API_KEYS", "nokey"), ("PAYOUTS_API_KEYS", "a:short"),
-    ("PAYOUTS_API_KEYS", "a:0123456789abcdef,a:fedcba9876543210"),
+    ("PAYOUTS_API_KEYS", "a:0123456789abcdef,b:0123456789abcdef"),  # one key, two clients
     ("PAYOUTS_SETTLE_TIME_LIMIT_S", "10"),  # must exceed the 40 s settlement deadline
     ("PAYOUTS_RETRY_BACKOFF_MAX_S", "400"),  # must stay well below the visibility timeout
     ("PAYOUTS_VISIBILITY_TIMEOUT_S", "100"),  # must exceed the settle time limit
@@ -40,3 +49,60 @@ def test_api_keys_are_kept_as_digests_only():
     assert settings.api_keys == (("a", key_digest("0123456789abcdef")),
                                  ("b", key_digest("fedcba9876543210")))
     assert "0123456789abcdef" not in repr(settings)
+
+
+# --- production guard (issue 10) ------------------------------------------------------------------
+
+UNSAFE = [
+    ("PAYOUTS_AUTH_DISABLED", {"PAYOUTS_AUTH_DISABLED": "true"}),
+    ("PAYOUTS_FAULT_CRASH_AFTER_PAY", {"PAYOUTS_FAULT_CRASH_AFTER_PAY": "crash"}),
+    ("PAYOUTS_API_KEYS", {"PAYOUTS_API_KEYS": f"real:{'r' * 32},platform-a:{EXAMPLE_API_KEYS[0]}"}),
+    ("PAYOUTS_MAX_AMOUNT_CENTS", {"PAYOUTS_MAX_AMOUNT_CENTS": str(PRODUCTION_MAX_AMOUNT_CENTS + 1)}),
+]
+
+
+def test_environment_defaults_to_production():
+    assert Settings.from_env({}).environment == "production"
+    assert Settings.from_env({"PAYOUTS_ENV": "Development"}).environment == "development"
+
+
+def test_unknown_environment_is_refused():
+    with pytest.raises(SettingsError, match="PAYOUTS_ENV"):
+        Settings.from_env({"PAYOUTS_ENV": "staging"})
+
+
+@pytest.mark.parametrize(("name", "env"), UNSAFE, ids=[name for name, _ in UNSAFE])
+@pytest.mark.parametrize("environment", [None, "production"])
+def test_production_refuses_unsafe_settings_naming_the_variable(name, env, environment):
+    if environment:
+        env = {**env, "PAYOUTS_ENV": environment}
+    with pytest.raises(SettingsError, match=name) as refused:
+        Settings.from_env(env)
+    assert "PAYOUTS_ENV=production" in str(refused.value)
+    assert ":" in str(refused.value).partition("production")[2]  # ... and says why
+
+
+@pytest.mark.parametrize(("name", "env"), UNSAFE, ids=[name for name, _ in UNSAFE])
+@pytest.mark.parametrize("environment", ["development", "test"])
+def test_development_and_test_accept_them(name, env, environment):
+    Settings.from_env({**env, "PAYOUTS_ENV": environment})
+
+
+def test_production_accepts_the_largest_plausible_cap():
+    cap = Settings.from_env({"PAYOUTS_MAX_AMOUNT_CENTS": str(PRODUCTION_MAX_AMOUNT_CENTS)})
+    assert cap.max_amount_cents == 1_499_999_000
+
+
+@pytest.mark.parametrize("environment", ["production", "development", "test"])
+def test_amount_cap_above_what_json_keeps_exact_is_refused_everywhere(environment):
+    assert Settings.from_env({"PAYOUTS_ENV": "test", "PAYOUTS_MAX_AMOUNT_CENTS": str(2**53 - 1)})
+    with pytest.raises(SettingsError, match="PAYOUTS_MAX_AMOUNT_CENTS.*2\\*\\*53"):
+        Settings.from_env({"PAYOUTS_ENV": environment, "PAYOUTS_MAX_AMOUNT_CENTS": str(2**53)})
+
+
+def test_fault_hook_is_inert_outside_test_and_development():
+    armed = Settings.from_env({"PAYOUTS_ENV": "test", "PAYOUTS_FAULT_CRASH_AFTER_PAY": "crash"})
+    assert armed_marker(armed) == "crash"
+    assert armed_marker(replace(armed, environment="development")) == "crash"
+    # Even a Settings built past from_env's guard cannot arm it in production.
+    assert armed_marker(replace(armed, environment="production")) == ""
