@@ -140,8 +140,8 @@ class Settings:
     fault_crash_after_pay: str
     api_keys: tuple[tuple[str, str], ...]
     auth_disabled: bool
-    log_level: str
     environment: str
+    log_level: str
     log_format: str
     worker_metrics_port: int
     worker_metrics_addr: str
@@ -214,16 +214,14 @@ class Settings:
             fault_crash_after_pay=env.get("PAYOUTS_FAULT_CRASH_AFTER_PAY") or "",
             api_keys=_api_keys(env),
             auth_disabled=_bool(env, "PAYOUTS_AUTH_DISABLED", False),
+            environment=environment,
             log_level=log_level,
             log_format=log_format,
-            environment=environment,
             worker_metrics_port=_int(env, "PAYOUTS_WORKER_METRICS_PORT", 9808),
             worker_metrics_addr=env.get("PAYOUTS_WORKER_METRICS_ADDR") or "127.0.0.1",
             readyz_timeout_s=_float(env, "PAYOUTS_READYZ_TIMEOUT_S", 1.0, 0.05, 30.0),
             api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
         )
-
-
         refuse_unsafe(settings)
         return settings
 
@@ -252,6 +250,8 @@ def refuse_unsafe(settings: Settings) -> None:
         raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS={settings.max_amount_cents} is above "
                             f"{PRODUCTION_MAX_AMOUNT_CENTS} (1,000 times the R$ 14.999,99 cap), {why}: "
                             "amounts are in cents, and a cap that high checks nothing")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read on first use."""
