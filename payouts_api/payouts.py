@@ -9,14 +9,15 @@ from marshmallow.experimental.context import Context
 
 from payouts_api.extensions import limiter
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
-from payouts_api.problems import Problem
-from payouts_api.schemas import BatchRequestSchema
+from payouts_api.problems import MAX_FIELD_ERRORS, Problem
+from payouts_api.schemas import BatchIdSchema, BatchRequestSchema
 from payouts_tasks.batches import accept_batch
 from payouts_tasks.pix_keys import mask_pix_key
-from payouts_tasks.store import BatchConflict, Order, fingerprint
+from payouts_tasks.store import BatchConflict, BatchRef, ExternalIdReused, Order, fingerprint
 
 bp = Blueprint("payouts", __name__)
 _batch_schema = BatchRequestSchema()
+_batch_id_schema = BatchIdSchema()
 
 
 def _write_limit() -> str:
@@ -69,6 +70,35 @@ def _report_response(raw_report: str, status: int, headers: dict | None = None) 
     return Response(raw_report, status=status, mimetype="application/json", headers=headers)
 
 
+def _orders(items: list[dict]) -> list[Order]:
+    return [Order(index=i, external_id=item["external_id"], user_id=item["user_id"],
+                  amount_cents=item["amount_cents"], pix_key=item["pix_key"],
+                  pix_key_masked=mask_pix_key(item["pix_key"], item["pix_key_type"]),
+                  pix_key_type=item["pix_key_type"])
+            for i, item in enumerate(items)]
+
+
+def _refuse_reused_external_ids(conflicts: list[tuple[int, str]]) -> None:
+    """422 naming each item whose external_id another payout with other terms already holds."""
+    errors = [{"field": f"items.{index}.external_id",
+               "message": f"This external_id is already held by {where} with other terms "
+                          "(amount, PIX key or user_id). Use a new external_id for a new payout."}
+              for index, where in conflicts[:MAX_FIELD_ERRORS]]
+    raise Problem(422, "External id reused",
+                  f"{len(conflicts)} item(s) reuse an external_id with other terms; "
+                  "nothing was accepted.", errors)
+
+
+def _reused_within_batch(orders: list[Order]) -> list[tuple[int, str]]:
+    first: dict[str, Order] = {}
+    conflicts = []
+    for order in orders:
+        earlier = first.setdefault(order.external_id, order)
+        if earlier.terms != order.terms:
+            conflicts.append((order.index, f"item {earlier.index} of this batch"))
+    return conflicts
+
+
 @bp.post("/api/payouts")
 @bp.post("/payouts/batch")
 @limiter.limit(_write_limit)
@@ -77,33 +107,35 @@ def submit_batch():
               "max_amount_cents": current_app.config["PAYOUTS_MAX_AMOUNT_CENTS"]}
     with Context(limits):
         batch = _batch_schema.load(_json_body())
-    orders = [Order(index=i, external_id=item["external_id"], user_id=item["user_id"],
-                    amount_cents=item["amount_cents"], pix_key=item["pix_key"],
-                    pix_key_masked=mask_pix_key(item["pix_key"], item["pix_key_type"]),
-                    pix_key_type=item["pix_key_type"])
-              for i, item in enumerate(batch["items"])]
+    orders = _orders(batch["items"])
+    if conflicts := _reused_within_batch(orders):
+        _refuse_reused_external_ids(conflicts)
     store = current_app.extensions["payouts_store"]
-    g.batch_id = batch["batch_id"]
+    ref = BatchRef(g.client_name, batch["batch_id"])
+    g.batch_id = ref.batch_id
     try:
-        created = accept_batch(store, batch["batch_id"], fingerprint(batch), orders,
-                               submitted_by=g.client_name)
+        created = accept_batch(store, ref, fingerprint(batch), orders)
     except BatchConflict:
         raise Problem(409, "Batch conflict",
-                      f"batch_id {batch['batch_id']!r} was already submitted with a different "
+                      f"batch_id {ref.batch_id!r} was already submitted with a different "
                       "payload; a batch_id names one payload forever.") from None
+    except ExternalIdReused as exc:
+        _refuse_reused_external_ids(exc.conflicts)
     if created:
         BATCHES_ACCEPTED.inc()
         ITEMS_ACCEPTED.inc(len(orders))
-    location = f"/api/payouts/{batch['batch_id']}"
-    report = store.report_json(batch["batch_id"])
+    location = f"/api/payouts/{ref.batch_id}"
+    report = store.report_json(ref)
     return _report_response(report, 202 if created else 200, {"Location": location})
 
 
 @bp.get("/api/payouts/<batch_id>")
 @limiter.limit(_read_limit)
 def get_batch(batch_id: str):
+    _batch_id_schema.load({"batch_id": batch_id})
     g.batch_id = batch_id
-    report = current_app.extensions["payouts_store"].report_json(batch_id)
+    # Another client's batch answers exactly like an unknown one: the key is per client.
+    report = current_app.extensions["payouts_store"].report_json(BatchRef(g.client_name, batch_id))
     if report is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
     return _report_response(report, 200)

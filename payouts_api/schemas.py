@@ -107,6 +107,12 @@ class BatchRequestSchema(Schema):
             raise ValidationError(f"At most {cap} items per batch.")
 
 
+class BatchIdSchema(Schema):
+    """The batch id in a path: checked like the body's, so both accept exactly the same ids."""
+
+    batch_id = id_field("Names one payload forever.", "2025-10-05-A")
+
+
 class DuplicateOfSchema(Schema):
     batch_id = fields.String(required=True)
     index = fields.Integer(required=True, metadata={"description": "Item position in that batch."})

@@ -304,26 +304,39 @@ def status(ctx: click.Context, batch_id: str, watch: bool, as_json: bool, interv
     print_items_table(report)
 
 
+client_option = click.option("--client", metavar="NAME",
+                             help="Only this client's (the API key's owner) data; default: all.")
+
+
+def _transfer_client(transfer) -> str:
+    from payouts_tasks.store import parse_idempotency_key
+
+    parsed = parse_idempotency_key(transfer.idempotency_key)
+    return parsed[0] if parsed else ""
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the transfers and totals as JSON.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show only the N most recent transfers.")
-def ledger(as_json: bool, limit: int | None) -> None:
+@client_option
+def ledger(as_json: bool, limit: int | None, client: str | None) -> None:
     """Print the simulated PIX provider's ledger (read from Redis) for reconciliation."""
     with ledger_side() as (_store, provider):
-        transfers = list(provider.transfers())
+        transfers = [t for t in provider.transfers()
+                     if client is None or _transfer_client(t) == client]
     settled = [t for t in transfers if t.status == "settled"]
     settled_cents = sum(t.amount_cents for t in settled)
     shown = transfers[-limit:] if limit else transfers
     if as_json:
-        print_json({"transfers": [t.as_dict() for t in shown],
+        print_json({"transfers": [{**t.as_dict(), "client": _transfer_client(t)} for t in shown],
                     "totals": {"transfers": len(transfers), "settled": len(settled),
                                "settled_amount_cents": settled_cents}})
         return
-    table = Table("created_at (UTC)", "external_id", "status",
+    table = Table("created_at (UTC)", "client", "external_id", "status",
                   Column("amount", justify="right", no_wrap=True), "pix key", "e2e_id / code")
     for t in shown:
         outcome = t.e2e_id if t.status == "settled" else t.failure_code
-        table.add_row(t.created_at[:19].replace("T", " "), t.external_id, t.status,
+        table.add_row(t.created_at[:19].replace("T", " "), _transfer_client(t), t.external_id, t.status,
                       brl(t.amount_cents), t.pix_key_masked, outcome or "")
     Console().print(table)
     more = f" (showing the last {len(shown)})" if len(shown) < len(transfers) else ""
@@ -334,23 +347,26 @@ def ledger(as_json: bool, limit: int | None) -> None:
 @cli.command()
 @click.argument("batch_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the discrepancies as JSON.")
-def reconcile(batch_id: str | None, as_json: bool) -> None:
+@client_option
+def reconcile(batch_id: str | None, as_json: bool, client: str | None) -> None:
     """Compare reports with the provider ledger; exit 1 when anything disagrees."""
     from payouts_tasks.reconcile import reconcile as find_discrepancies
 
     with ledger_side() as (store, provider):
         try:
-            found = find_discrepancies(store, provider, batch_id)
+            found = find_discrepancies(store, provider, batch_id, client=client)
         except KeyError:
             raise CliError(f"unknown batch {batch_id!r}") from None
     if as_json:
         print_json([d.as_dict() for d in found])
     else:
         for d in found:
-            where = " ".join(x for x in (d.batch_id and f"batch={d.batch_id}",
+            where = " ".join(x for x in (d.client and f"client={d.client}",
+                                         d.batch_id and f"batch={d.batch_id}",
                                          d.external_id and f"external_id={d.external_id}") if x)
             click.echo(f"{d.kind}: {where}: {d.detail}")
         scope = f"batch {batch_id}" if batch_id else "all batches"
+        scope += f" of client {client}" if client else " of all clients"
         click.echo(f"Reconciled {scope}: {len(found)} discrepancies")
     if found:
         sys.exit(1)

@@ -7,17 +7,19 @@ import logging
 from payouts_tasks.celery_app import app
 from payouts_tasks.report import summary_line
 from payouts_tasks.resources import get_store
+from payouts_tasks.store import BatchRef
 
 log = logging.getLogger(__name__)
 
 
 @app.task(bind=True, name="payouts.aggregate", max_retries=30)
-def aggregate(self, batch_id: str) -> dict:
+def aggregate(self, client: str, batch_id: str) -> dict:
     store = get_store()
-    state = store.complete_batch(batch_id)
+    ref = BatchRef(client, batch_id)
+    state = store.complete_batch(ref)
     if state[0] == "incomplete":  # every header task returned, so this is a lagging write
         raise self.retry(countdown=1)
-    summary = store.summary(batch_id) or {}
+    summary = store.summary(ref) or {}
     if summary:
         log.info("batch completed: %s", summary_line(summary), extra=summary)
     return summary

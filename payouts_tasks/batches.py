@@ -15,62 +15,69 @@ from celery import chord
 
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.settle import settle
-from payouts_tasks.store import Order, PayoutStore
+from payouts_tasks.store import BatchRef, ExternalIdReused, Order, PayoutStore
 
 log = logging.getLogger(__name__)
 
 
-def batch_chord(batch_id: str, indexes: Sequence[int]) -> chord:
+def batch_chord(ref: BatchRef, indexes: Sequence[int]) -> chord:
     # ignore_result: settle outcomes live in the status key; the chord still counts each part.
-    header = [settle.si(batch_id, i).set(ignore_result=True) for i in indexes]
-    return chord(header, aggregate.si(batch_id))
+    header = [settle.si(ref.client, ref.batch_id, i).set(ignore_result=True) for i in indexes]
+    return chord(header, aggregate.si(ref.client, ref.batch_id))
 
 
-def publish_items(batch_id: str, indexes: Sequence[int]) -> str:
+def publish_items(ref: BatchRef, indexes: Sequence[int]) -> str:
     """Publish a chord settling these items of the batch; returns the aggregate task's id."""
-    return batch_chord(batch_id, indexes).apply_async().id
+    return batch_chord(ref, indexes).apply_async().id
 
 
-def publish_batch(batch_id: str, total: int) -> str:
+def publish_batch(ref: BatchRef, total: int) -> str:
     """Publish the batch's chord: every item, then aggregate."""
-    return publish_items(batch_id, range(total))
+    return publish_items(ref, range(total))
 
 
-def accept_batch(store: PayoutStore, batch_id: str, payload_fingerprint: str,
-                 orders: Sequence[Order], submitted_by: str = "") -> bool:
+def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
+                 orders: Sequence[Order]) -> bool:
     """Accept a batch all-or-nothing: status key written and chord published, or neither.
 
-    Returns False for a replay of an existing batch (nothing re-enqueued). Settle tasks wait
-    while the batch is still `accepting`, so nothing is paid for a batch that ends up refused.
-    A replay of a batch whose publisher died before opening it publishes it again.
+    Returns False for a replay of an existing batch (nothing re-enqueued). Raises
+    ExternalIdReused when a new batch reuses a paid or in-flight external_id with other terms.
+    Settle tasks wait while the batch is still `accepting`, so nothing is paid for a batch
+    that ends up refused. A replay of a batch whose publisher died before opening it publishes
+    it again.
     """
+    if not store.batch_exists(ref):
+        conflicts = store.conflicting_claims(ref.client, orders)
+        if conflicts:
+            raise ExternalIdReused(conflicts)
     lease = uuid.uuid4().hex
-    created, state = store.create_batch(batch_id, payload_fingerprint, orders, submitted_by,
-                                        lease_token=lease)
+    created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
     if created:
         try:
-            publish_batch(batch_id, len(orders))
+            publish_batch(ref, len(orders))
         except Exception:
-            log.exception("publishing batch failed; discarding it", extra={"batch_id": batch_id})
+            log.exception("publishing batch failed; discarding it",
+                          extra={"client": ref.client, "batch_id": ref.batch_id})
             with contextlib.suppress(redis.RedisError):
-                store.discard_batch(batch_id, lease)  # refused if the sweeper took it over
+                store.discard_batch(ref, lease)  # refused if the sweeper took it over
             raise
-        store.open_batch(batch_id)
+        store.open_batch(ref)
         return True
     if state == "accepting":
-        publish_if_abandoned(store, batch_id, len(orders))
+        publish_if_abandoned(store, ref, len(orders))
     return False
 
 
-def publish_if_abandoned(store: PayoutStore, batch_id: str, total: int) -> bool:
+def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:
     """Publish a batch left `accepting` once its publisher's lease expired (it died).
 
     Settle is idempotent per item, so messages the first publisher had already sent cannot pay
     twice. On failure the batch stays `accepting`; the next replay or sweep tries again.
     """
-    if not store.take_over_publishing(batch_id):
+    if not store.take_over_publishing(ref):
         return False
-    log.warning("batch was left unopened; publishing it again", extra={"batch_id": batch_id})
-    publish_batch(batch_id, total)
-    store.open_batch(batch_id)
+    log.warning("batch was left unopened; publishing it again",
+                extra={"client": ref.client, "batch_id": ref.batch_id})
+    publish_batch(ref, total)
+    store.open_batch(ref)
     return True

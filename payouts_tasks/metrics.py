@@ -19,7 +19,10 @@ SETTLE_OUTCOMES = Counter("payouts_settle_outcomes_total",
                           "Settle task runs by outcome (paid, failed, duplicate, final, ...).",
                           ["outcome"])
 SETTLE_RETRIES = Counter("payouts_settle_retries_total",
-                         "Settle retries by reason: transient provider error or waiting.", ["reason"])
+                         "Settle retries by reason: transient provider error, waiting, or an "
+                         "outcome the provider cannot confirm yet (unknown).", ["reason"])
+SWEEP_ERRORS = Counter("payouts_sweep_errors_total",
+                       "Batches the sweeper could not read or drive (logged; the sweep goes on).")
 PROVIDER_SECONDS = Histogram("payouts_provider_call_seconds",
                              "PIX provider call latency by result (settled, rejected, transient).",
                              ["result"],

@@ -2,7 +2,8 @@
 
 It never raises for a business outcome (a raising header task would cancel the chord's
 callback): paid, failed and duplicate are recorded and returned. It retries only while the
-outcome is unknown (transient provider errors) or another item holds the external_id.
+outcome is unknown (transient provider errors, a lookup the provider cannot answer yet) or
+another item holds the external_id.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETR
 from payouts_tasks.provider import PermanentProviderError, TransientProviderError
 from payouts_tasks.resources import get_provider, get_store
 from payouts_tasks.settings import get_settings
-from payouts_tasks.store import Decision, idempotency_key
+from payouts_tasks.store import BatchRef, Decision, idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -37,52 +38,53 @@ def backoff_seconds(attempt: int) -> float:
 
 
 @app.task(bind=True, name="payouts.settle", max_retries=None, ignore_result=True)
-def settle(self, batch_id: str, index: int, waiting_since: float | None = None) -> str:
+def settle(self, client: str, batch_id: str, index: int, waiting_since: float | None = None) -> str:
     started = time.monotonic()
     store = get_store()
-    decision = store.begin_settlement(batch_id, index)
+    ref = BatchRef(client, batch_id)
+    max_attempts = get_settings().settle_max_attempts
+    decision = store.begin_settlement(ref, index, max_attempts)
     if decision.action == "not_ready":
-        _wait_for_opening(store, batch_id)
-        decision = store.begin_settlement(batch_id, index)
-    context = {"batch_id": batch_id, "index": index}
+        _wait_for_opening(store, ref)
+        decision = store.begin_settlement(ref, index, max_attempts)
+    context = {"client": client, "batch_id": batch_id, "index": index}
 
     if decision.action in ("wait", "not_ready"):
-        return _wait(self, context, waiting_since, decision.waiting_on or "batch opening")
-    if decision.action != "settle":  # final, duplicate or orphan: nothing left to do
+        return _wait(self, ref, context, waiting_since, decision.waiting_on or "batch opening")
+    if decision.action not in ("settle", "lookup"):  # final, duplicate, reused or orphan
         return _done(decision.action, context, started)
 
     order = decision.order
     context.update(external_id=order["external_id"], attempt=decision.attempts)
-    key = idempotency_key(order["external_id"], decision.claim_generation)
-    if decision.attempts > get_settings().settle_max_attempts:
-        # Earlier attempts ended without an answer (worker killed, time limit): stop calling
-        # the provider and settle the item on what its ledger says for our key.
-        outcome = _settle_from_lookup(batch_id, index, decision, NO_OUTCOME,
-                                      f"no provider answer after {decision.attempts - 1} attempts")
-        return _done(outcome, context, started, level=logging.WARNING)
+    if decision.action == "lookup":
+        # Earlier attempts ended without an answer (worker killed, time limit, timeouts): stop
+        # calling the provider and settle the item on what its ledger says for our key.
+        return _settle_from_lookup(self, ref, index, decision, context, started, NO_OUTCOME,
+                                   f"no provider answer after {decision.attempts} attempts")
 
+    key = idempotency_key(client, order["external_id"], decision.claim_generation)
     call_started = time.monotonic()
     try:
         transfer = get_provider().pay(idempotency_key=key, external_id=order["external_id"],
                                       amount_cents=order["amount_cents"], pix_key=order["pix_key"])
     except PermanentProviderError as exc:
         PROVIDER_SECONDS.labels("rejected").observe(time.monotonic() - call_started)
-        outcome = store.record_failed(batch_id, index, exc.code, exc.reason)
+        outcome = store.record_failed(ref, index, exc.code, exc.reason)
         context["failure_code"] = exc.code
     except TransientProviderError as exc:
         PROVIDER_SECONDS.labels("transient").observe(time.monotonic() - call_started)
         context["failure_code"] = exc.code
-        if decision.attempts < get_settings().settle_max_attempts:
+        if decision.attempts < max_attempts:
             SETTLE_RETRIES.labels("transient").inc()
             log.info("settle retry", extra={**context, "outcome": "retry"})
             raise self.retry(countdown=backoff_seconds(decision.attempts)) from exc
         # Out of attempts: the last call's outcome is unknown, so ask before calling it failed.
-        outcome = _settle_from_lookup(batch_id, index, decision, exc.code,
-                                      f"{exc.reason} (gave up after {decision.attempts} attempts)")
+        return _settle_from_lookup(self, ref, index, decision, context, started, exc.code,
+                                   f"{exc.reason} (gave up after {decision.attempts} attempts)")
     else:
         PROVIDER_SECONDS.labels("settled").observe(time.monotonic() - call_started)
         crash_after_pay(order["external_id"])
-        outcome = store.record_paid(batch_id, index, transfer.e2e_id, decision.claim_generation)
+        outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation)
     return _done(outcome, context, started)
 
 
@@ -93,29 +95,51 @@ def _done(outcome: str, context: dict, started: float, level: int = logging.INFO
     return outcome
 
 
-def _wait_for_opening(store, batch_id: str) -> None:
+def _wait_for_opening(store, ref: BatchRef) -> None:
     deadline = time.monotonic() + OPENING_WAIT_S
-    while store.batch_state(batch_id) == "accepting" and time.monotonic() < deadline:
+    while store.batch_state(ref) == "accepting" and time.monotonic() < deadline:
         time.sleep(OPENING_POLL_S)
 
 
-def _settle_from_lookup(batch_id: str, index: int, decision: Decision, code: str, reason: str) -> str:
-    """Paid if the provider holds a settled transfer under our key, else failed (no money moved)."""
-    key = idempotency_key(decision.order["external_id"], decision.claim_generation)
-    transfer = get_provider().lookup(key)
+def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, context: dict,
+                        started: float, code: str, reason: str) -> str:
+    """Settle the item on the provider's answer for our key; unknown is not failed (SPEC §5).
+
+    Settled: paid. Rejected: failed with the provider's code. No transfer once the provider's
+    final deadline has passed since our last call: failed, no money moved. Anything else (no
+    transfer yet, or still pending) keeps the claim held and the item unsettled: ask again.
+    """
+    provider = get_provider()
+    key = idempotency_key(ref.client, decision.order["external_id"], decision.claim_generation)
+    transfer = provider.lookup(key)
+    store = get_store()
     if transfer is not None and transfer.status == "settled":
-        return get_store().record_paid(batch_id, index, transfer.e2e_id, decision.claim_generation)
-    return get_store().record_failed(batch_id, index, code, reason)
+        outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation)
+        return _done(outcome, context, started, level=logging.WARNING)
+    if transfer is not None and transfer.status == "rejected":
+        outcome = store.record_failed(ref, index, transfer.failure_code or code,
+                                      transfer.failure_reason or reason)
+        return _done(outcome, context, started, level=logging.WARNING)
+    since_call_s = time.time() - decision.called_ms / 1000
+    if transfer is None and since_call_s >= provider.final_deadline_s:
+        outcome = store.record_failed(ref, index, code, reason)
+        return _done(outcome, context, started, level=logging.WARNING)
+    SETTLE_RETRIES.labels("unknown").inc()
+    log.warning("settle outcome unknown; asking the provider again",
+                extra={**context, "outcome": "unknown"})
+    settings = get_settings()
+    countdown = max(0.1, min(settings.retry_backoff_max_s, provider.final_deadline_s - since_call_s))
+    raise task.retry(countdown=countdown * random.uniform(1.0, 1.2))
 
 
-def _wait(task, context: dict, waiting_since: float | None, reason: str) -> str:
+def _wait(task, ref: BatchRef, context: dict, waiting_since: float | None, reason: str) -> str:
     """Come back later, up to PAYOUTS_INFLIGHT_WAIT_MAX_S; then fail the item without paying."""
     now = time.time()
     waiting_since = waiting_since or now
     settings = get_settings()
     if now - waiting_since > settings.inflight_wait_max_s:
         outcome = get_store().record_failed(
-            context["batch_id"], context["index"], GAVE_UP_WAITING,
+            ref, context["index"], GAVE_UP_WAITING,
             f"waited {int(now - waiting_since)} s for {reason}; nothing was paid")
         return _done(outcome, {**context, "waited_for": reason}, time.monotonic(), level=logging.WARNING)
     SETTLE_RETRIES.labels("waiting").inc()

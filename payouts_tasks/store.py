@@ -4,13 +4,22 @@ This module is the only writer of the `payouts:` keys. Every state change that m
 on is one Lua script, so a crash or a redelivered task can never leave a claim, an item and
 the batch counters disagreeing.
 
-Keys
-- `payouts:batch:{batch_id}`          hash: fingerprint, state, counters, timestamps
-- `payouts:batch:{batch_id}:items`    hash: index -> public item JSON (masked key, status, ...)
-- `payouts:batch:{batch_id}:orders`   hash: index -> what settle needs (full pix_key); never shown
-- `payouts:claim:{external_id}`       hash: who holds or paid this external_id, and the
-                                       claim generation that feeds the idempotency key
-- `payouts:batches`                   sorted set: every batch_id by creation time (reconciliation)
+Tenancy: every batch and claim key carries the client (the API key's owner), so two clients'
+equal batch ids or external ids are unrelated. Each id part is percent-encoded (`quote(...,
+safe="")`), so no id, whatever characters it holds (`:` included), can make two objects share
+a key: `payouts:batch:{client}:{batch_id}` always has exactly one `:` between its parts.
+
+Keys ({c} = encoded client, {b} = encoded batch_id, {e} = encoded external_id)
+- `payouts:batch:{c}:{b}`             hash: fingerprint, state, counters, timestamps
+- `payouts:batch:{c}:{b}:items`       hash: index -> public item JSON (masked key, status, ...)
+- `payouts:batch:{c}:{b}:orders`      hash: index -> what settle needs (full pix_key until the
+                                       item is final, then only the terms digest); never shown
+- `payouts:batch:{c}:{b}:publisher`   the publishing lease
+- `payouts:claim:{c}:{e}`             hash: who holds or paid this external_id, with which terms
+                                       (digest of amount, normalised PIX key, user id), the claim
+                                       generation that feeds the idempotency key, and when the
+                                       provider was last called under it
+- `payouts:batches`                   sorted set: every `{c}:{b}` by creation time
 - `payouts:batches:open`              set: batches not yet completed (the sweeper's work list)
 - `payouts:stats`                     hash: items that reached each final status, ever (metrics)
 - `payouts:sweeper:lock`              one sweep at a time
@@ -22,21 +31,24 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
+from urllib.parse import quote, unquote
 
 import redis
 
 PREFIX = "payouts:"
-CLAIM_PREFIX = PREFIX + "claim:"
 ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
 STATS = PREFIX + "stats"
 SWEEP_LOCK = PREFIX + "sweeper:lock"
 FINAL_STATUSES = ("paid", "failed", "duplicate")
+EXTERNAL_ID_REUSED = "EXTERNAL_ID_REUSED"
 
-# Shared Lua: decode an item, move it to a final status and bump the counters together.
+# Shared Lua: decode an item, move it to a final status and bump the counters together. A final
+# item no longer needs the full PIX key: its order keeps only what reconciliation reads.
 _LUA_COMMON = """
 local FINAL = {paid=true, failed=true, duplicate=true}
 local COUNTER = {paid='successful', failed='failed', duplicate='duplicates'}
@@ -44,89 +56,129 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function finish(batch_key, items_key, idx, item, status)
+local function finish(batch_key, items_key, orders_key, idx, item, status)
   item.status = status
   redis.call('HSET', items_key, idx, cjson.encode(item))
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, COUNTER[status], 1)
   redis.call('HSET', batch_key, 'progress_ms', now_ms())
   redis.call('HINCRBY', '$STATS', status, 1)
+  local raw = redis.call('HGET', orders_key, idx)
+  if raw then
+    local order = cjson.decode(raw)
+    if order.pix_key then
+      order.pix_key = nil
+      redis.call('HSET', orders_key, idx, cjson.encode(order))
+    end
+  end
 end
-""".replace("$STATS", STATS)
+local function reused(batch_key, items_key, orders_key, idx, item, where)
+  item.failure_code = '$REUSED'
+  item.failure_reason = 'external_id is already held by ' .. where .. ' with other terms ' ..
+    '(amount, PIX key or user_id); nothing was paid'
+  finish(batch_key, items_key, orders_key, idx, item, 'failed')
+end
+""".replace("$STATS", STATS).replace("$REUSED", EXTERNAL_ID_REUSED)
 
-# KEYS: batch, items, orders. ARGV: index, claim prefix, batch_id, now.
+# KEYS: batch, items, orders. ARGV: index, batch_id, now (ISO), now (ms), max attempts.
 # Decides what the settle task does next and takes the external_id claim atomically.
 _BEGIN_SETTLEMENT = _LUA_COMMON + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'orphan'} end
 if state == 'accepting' then return {'not_ready'} end
 local idx = ARGV[1]
-local item = cjson.decode(redis.call('HGET', KEYS[2], idx))
+local item_raw = redis.call('HGET', KEYS[2], idx)
+if not item_raw then return {'orphan'} end
+local item = cjson.decode(item_raw)
 if FINAL[item.status] then return {'final', item.status} end
 local order_raw = redis.call('HGET', KEYS[3], idx)
 local order = cjson.decode(order_raw)
 
 if order.wait_for then
-  local prior = cjson.decode(redis.call('HGET', KEYS[2], tostring(order.wait_for)))
+  local w = tostring(order.wait_for)
+  local prior = cjson.decode(redis.call('HGET', KEYS[2], w))
   if not FINAL[prior.status] then
-    return {'wait', ARGV[3], tostring(order.wait_for)}
+    return {'wait', ARGV[2], w}
   end
-  if prior.status == 'paid' then
-    item.duplicate_of = {batch_id=ARGV[3], index=order.wait_for, e2e_id=prior.e2e_id}
-    finish(KEYS[1], KEYS[2], idx, item, 'duplicate')
-    return {'duplicate'}
-  end
-  if prior.status == 'duplicate' then
-    item.duplicate_of = prior.duplicate_of
-    finish(KEYS[1], KEYS[2], idx, item, 'duplicate')
+  if prior.status ~= 'failed' then
+    local prior_order = cjson.decode(redis.call('HGET', KEYS[3], w))
+    if prior_order.terms ~= order.terms then
+      reused(KEYS[1], KEYS[2], KEYS[3], idx, item, 'item ' .. w .. ' of this batch')
+      return {'reused'}
+    end
+    if prior.status == 'paid' then
+      item.duplicate_of = {batch_id=ARGV[2], index=order.wait_for, e2e_id=prior.e2e_id}
+    else
+      item.duplicate_of = prior.duplicate_of
+    end
+    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
     return {'duplicate'}
   end
 end
 
-local claim_key = ARGV[2] .. order.external_id
-local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen', 'e2e_id')
-local mine = (c[2] == ARGV[3] and c[3] == idx)
+local claim_key = order.claim
+local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen', 'e2e_id', 'terms',
+                     'called_ms')
+local mine = (c[2] == ARGV[2] and c[3] == idx)
+local where = 'batch ' .. tostring(c[2]) .. ' item ' .. tostring(c[3])
 if c[1] == 'paid' then
   if mine then
     item.e2e_id = c[5]
-    finish(KEYS[1], KEYS[2], idx, item, 'paid')
+    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'paid')
     return {'final', 'paid'}
   end
+  if c[6] ~= order.terms then
+    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
+    return {'reused'}
+  end
   item.duplicate_of = {batch_id=c[2], index=tonumber(c[3]), e2e_id=c[5]}
-  finish(KEYS[1], KEYS[2], idx, item, 'duplicate')
+  finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
   return {'duplicate'}
 end
 if c[1] == 'inflight' and not mine then
+  if c[6] ~= order.terms then
+    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
+    return {'reused'}
+  end
   return {'wait', c[2], c[3]}
 end
 local gen = tonumber(c[4]) or 0
 if c[1] ~= 'inflight' then
   gen = gen + 1
-  redis.call('HSET', claim_key, 'state', 'inflight', 'batch_id', ARGV[3], 'index', idx,
-             'gen', gen, 'claimed_at', ARGV[4])
+  redis.call('HSET', claim_key, 'state', 'inflight', 'batch_id', ARGV[2], 'index', idx,
+             'gen', gen, 'claimed_at', ARGV[3], 'terms', order.terms)
+  redis.call('HDEL', claim_key, 'called_ms')
+  c[7] = false
+end
+local attempts = item.attempts or 0
+if attempts >= tonumber(ARGV[5]) then
+  -- Attempts used up: no more provider calls, only lookups of what the provider holds.
+  return {'lookup', tostring(gen), order_raw, tostring(attempts), tostring(c[7] or 0)}
 end
 item.status = 'processing'
-item.attempts = (item.attempts or 0) + 1
+item.attempts = attempts + 1
 redis.call('HSET', KEYS[2], idx, cjson.encode(item))
-return {'settle', tostring(gen), order_raw, tostring(item.attempts)}
+redis.call('HSET', claim_key, 'called_ms', ARGV[4])
+return {'settle', tostring(gen), order_raw, tostring(item.attempts), ARGV[4]}
 """
 
-# KEYS: batch, items. ARGV: index, claim prefix, batch_id, outcome, now, then
-# e2e_id and claim generation (paid) or failure code and reason (failed). Records the outcome once.
+# KEYS: batch, items, orders. ARGV: index, batch_id, outcome, now, then e2e_id and claim
+# generation (paid) or failure code and reason (failed). Records the outcome once.
 _RECORD_OUTCOME = _LUA_COMMON + """
 local idx = ARGV[1]
 local raw = redis.call('HGET', KEYS[2], idx)
-if not raw then return {'orphan'} end
+local order_raw = redis.call('HGET', KEYS[3], idx)
+if not raw or not order_raw then return {'orphan'} end
 local item = cjson.decode(raw)
-local claim_key = ARGV[2] .. item.external_id
-local outcome = ARGV[4]
+local claim_key = cjson.decode(order_raw).claim
+local outcome = ARGV[3]
 if FINAL[item.status] then
   if outcome ~= 'paid' or item.status ~= 'failed' then return {item.status} end
   -- A late success under this item's own claim (a concurrent delivery was still paying when
   -- another gave up): money moved, so the item is paid, unless the external_id was claimed
   -- again since (then reconciliation reports the second payment).
   local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen')
-  if not (c[1] == 'failed' and c[2] == ARGV[3] and c[3] == idx and c[4] == ARGV[7]) then
+  if not (c[1] == 'failed' and c[2] == ARGV[2] and c[3] == idx and c[4] == ARGV[6]) then
     return {item.status}
   end
   redis.call('HINCRBY', KEYS[1], 'failed', -1)
@@ -135,20 +187,20 @@ if FINAL[item.status] then
 end
 if outcome == 'paid' then
   -- The provider settled under this item's idempotency key: the money moved for this item.
-  redis.call('HSET', claim_key, 'state', 'paid', 'batch_id', ARGV[3], 'index', idx,
-             'e2e_id', ARGV[6], 'paid_at', ARGV[5])
-  item.e2e_id = ARGV[6]
+  redis.call('HSET', claim_key, 'state', 'paid', 'batch_id', ARGV[2], 'index', idx,
+             'e2e_id', ARGV[5], 'paid_at', ARGV[4])
+  item.e2e_id = ARGV[5]
   item.failure_code = nil
   item.failure_reason = nil
 else
   local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index')
-  if c[1] == 'inflight' and c[2] == ARGV[3] and c[3] == idx then
-    redis.call('HSET', claim_key, 'state', 'failed', 'failed_at', ARGV[5])
+  if c[1] == 'inflight' and c[2] == ARGV[2] and c[3] == idx then
+    redis.call('HSET', claim_key, 'state', 'failed', 'failed_at', ARGV[4])
   end
-  item.failure_code = ARGV[6]
-  item.failure_reason = ARGV[7]
+  item.failure_code = ARGV[5]
+  item.failure_reason = ARGV[6]
 end
-finish(KEYS[1], KEYS[2], idx, item, outcome)
+finish(KEYS[1], KEYS[2], KEYS[3], idx, item, outcome)
 return {outcome}
 """.replace("$STATS", STATS)
 
@@ -160,7 +212,7 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 1 end
 return 0
 """
 
-# KEYS: batch, items, orders, lease, all batches, open batches. ARGV: token, batch_id.
+# KEYS: batch, items, orders, lease, all batches, open batches. ARGV: token, batch member.
 # Deletes a batch whose publishing failed, only while its publisher still holds the lease: once
 # another process took the batch over and published it, its settle tasks may be paying.
 _DISCARD_BATCH = """
@@ -172,7 +224,7 @@ redis.call('SREM', KEYS[6], ARGV[2])
 return 1
 """
 
-# KEYS: batch, open-batches set. ARGV: now, batch_id. Completes the batch once every item is final.
+# KEYS: batch, open-batches set. ARGV: now, batch member. Completes the batch once every item is final.
 _COMPLETE_BATCH = """
 local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
 if not b[1] then return {'orphan'} end
@@ -188,6 +240,31 @@ class BatchConflict(Exception):
     """The batch_id exists with a different payload: a batch_id names one payload forever."""
 
 
+class ExternalIdReused(Exception):
+    """Items reuse an external_id that is paid or in flight with other terms (SPEC §5)."""
+
+    def __init__(self, conflicts: list[tuple[int, str]]):
+        super().__init__(f"{len(conflicts)} item(s) reuse an external_id with other terms")
+        self.conflicts = conflicts  # (item index, where the external_id is held)
+
+
+class BatchRef(NamedTuple):
+    """One client's batch: the pair that names a batch everywhere (keys, tasks, listings)."""
+
+    client: str
+    batch_id: str
+
+    @property
+    def member(self) -> str:
+        """`{client}:{batch_id}`, each part encoded: the batch's entry in the batch indexes."""
+        return f"{_enc(self.client)}:{_enc(self.batch_id)}"
+
+    @classmethod
+    def from_member(cls, member: str | bytes) -> BatchRef:
+        client, batch_id = _s(member).split(":")
+        return cls(unquote(client), unquote(batch_id))
+
+
 @dataclass(frozen=True)
 class Order:
     """One item as settle needs it (holds the full pix_key: never log or return it)."""
@@ -200,16 +277,21 @@ class Order:
     pix_key_masked: str
     pix_key_type: str = ""
 
+    @property
+    def terms(self) -> str:
+        return payout_terms(self.amount_cents, self.pix_key, self.user_id)
+
 
 @dataclass(frozen=True)
 class Decision:
     """What begin_settlement decided for one item."""
 
-    action: str  # settle | wait | duplicate | final | not_ready | orphan
+    action: str  # settle | lookup | wait | duplicate | reused | final | not_ready | orphan
     claim_generation: int = 0
     attempts: int = 0
     order: dict | None = None
     waiting_on: str | None = None
+    called_ms: int = 0  # when the provider was last called under this claim (ms since epoch)
 
 
 def utcnow() -> str:
@@ -222,26 +304,41 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def idempotency_key(external_id: str, claim_generation: int) -> str:
-    """The provider key for one claim of an external_id.
+def payout_terms(amount_cents: int, pix_key: str, user_id: str) -> str:
+    """What makes two payouts "the same payout": a digest, so claims hold no personal data."""
+    canonical = json.dumps([amount_cents, pix_key, user_id], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _enc(part: str) -> str:
+    return quote(part, safe="")
+
+
+def idempotency_key(client: str, external_id: str, claim_generation: int) -> str:
+    """The provider key for one claim of one client's external_id.
 
     A redelivered task reuses its claim's generation, so the provider returns the original
     transfer; a later batch re-trying a failed external_id gets a new generation (new key).
     """
-    return f"payout:{external_id}:{claim_generation}"
+    return f"payout:{_enc(client)}:{_enc(external_id)}:{claim_generation}"
 
 
-def _batch_key(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}"
+def parse_idempotency_key(key: str) -> tuple[str, str, int] | None:
+    """(client, external_id, generation) of a key made by `idempotency_key`, else None."""
+    parts = key.split(":")
+    if len(parts) != 4 or parts[0] != "payout" or not parts[3].isdigit():
+        return None
+    return unquote(parts[1]), unquote(parts[2]), int(parts[3])
 
 
-def _keys(batch_id: str) -> tuple[str, str, str]:
-    base = _batch_key(batch_id)
-    return base, base + ":items", base + ":orders"
+def claim_key(client: str, external_id: str) -> str:
+    return f"{PREFIX}claim:{_enc(client)}:{_enc(external_id)}"
 
 
-def _lease_key(batch_id: str) -> str:
-    return _batch_key(batch_id) + ":publisher"
+def batch_keys(ref: BatchRef) -> tuple[str, str, str, str]:
+    """The batch hash, its items, its orders and its publishing lease."""
+    base = f"{PREFIX}batch:{ref.member}"
+    return base, base + ":items", base + ":orders", base + ":publisher"
 
 
 def _s(value) -> str:
@@ -284,16 +381,16 @@ class PayoutStore:
 
     # -- accepting a batch -------------------------------------------------------------
 
-    def create_batch(self, batch_id: str, payload_fingerprint: str, orders: Sequence[Order],
-                     submitted_by: str = "", publish_lease_s: int = 60,
-                     lease_token: str | None = None) -> tuple[bool, str]:
+    def create_batch(self, ref: BatchRef, payload_fingerprint: str, orders: Sequence[Order],
+                     publish_lease_s: int = 60, lease_token: str | None = None) -> tuple[bool, str]:
         """Write a new batch in state `accepting`, or find the existing one.
 
-        Returns (created, state). Raises BatchConflict when batch_id exists with another payload.
+        Returns (created, state). Raises BatchConflict when the batch exists with another
+        payload, or when any of its keys exists without it (never write into foreign keys).
         WATCH makes the existence check and the write one atomic step against a racing POST.
         The creator holds a publishing lease (lease_token) so nobody else publishes it meanwhile.
         """
-        batch_key, items_key, orders_key = _keys(batch_id)
+        batch_key, items_key, orders_key, lease_key = batch_keys(ref)
         first_seen: dict[str, int] = {}
         items, private = {}, {}
         for order in orders:
@@ -309,7 +406,8 @@ class PayoutStore:
                 public["pix_key_type"] = order.pix_key_type
             items[str(order.index)] = json.dumps(public, separators=(",", ":"))
             record = {"external_id": order.external_id, "amount_cents": order.amount_cents,
-                      "pix_key": order.pix_key}
+                      "pix_key": order.pix_key, "terms": order.terms,
+                      "claim": claim_key(ref.client, order.external_id)}
             if order.external_id in first_seen:  # a repeat waits for the previous occurrence
                 record["wait_for"] = first_seen[order.external_id]
             first_seen[order.external_id] = order.index
@@ -318,16 +416,19 @@ class PayoutStore:
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(batch_key)
+                    pipe.watch(batch_key, items_key, orders_key)
                     existing = pipe.hmget(batch_key, "fingerprint", "state")
                     if existing[0] is not None:
                         pipe.unwatch()
                         if _s(existing[0]) != payload_fingerprint:
-                            raise BatchConflict(batch_id)
+                            raise BatchConflict(ref.batch_id)
                         return False, _s(existing[1])
+                    if pipe.exists(batch_key, items_key, orders_key):
+                        pipe.unwatch()
+                        raise BatchConflict(ref.batch_id)
                     pipe.multi()
                     pipe.hset(batch_key, mapping={
-                        "batch_id": batch_id,
+                        "batch_id": ref.batch_id,
                         "fingerprint": payload_fingerprint,
                         "state": "accepting",
                         "total": len(orders),
@@ -337,76 +438,104 @@ class PayoutStore:
                         "duplicates": 0,
                         "created_at": utcnow(),
                         "completed_at": "",
-                        "submitted_by": submitted_by,
+                        "submitted_by": ref.client,
                         "progress_ms": int(time.time() * 1000),
                     })
                     pipe.hset(items_key, mapping=items)
                     pipe.hset(orders_key, mapping=private)
-                    pipe.set(_lease_key(batch_id), lease_token or uuid.uuid4().hex, ex=publish_lease_s)
-                    pipe.zadd(ALL_BATCHES, {batch_id: time.time()})
-                    pipe.sadd(OPEN_BATCHES, batch_id)
+                    pipe.set(lease_key, lease_token or uuid.uuid4().hex, ex=publish_lease_s)
+                    pipe.zadd(ALL_BATCHES, {ref.member: time.time()})
+                    pipe.sadd(OPEN_BATCHES, ref.member)
                     pipe.execute()
                     return True, "accepting"
                 except redis.WatchError:
                     continue
 
-    def take_over_publishing(self, batch_id: str, publish_lease_s: int = 60) -> bool:
+    def batch_exists(self, ref: BatchRef) -> bool:
+        return bool(self.client.exists(batch_keys(ref)[0]))
+
+    def conflicting_claims(self, client: str, orders: Sequence[Order]) -> list[tuple[int, str]]:
+        """Items whose external_id is paid or in flight (in another batch) with other terms.
+
+        A check at submission so the client hears of a reuse at once (422); settle enforces the
+        same rule atomically for a batch that races past it.
+        """
+        unique = {o.external_id: o for o in orders}
+        with self.client.pipeline(transaction=False) as pipe:
+            for external_id in unique:
+                pipe.hmget(claim_key(client, external_id), "state", "terms", "batch_id", "index")
+            claims = dict(zip(unique, pipe.execute(), strict=True))
+        conflicts = []
+        for order in orders:
+            state, terms, batch_id, index = (_s(v) for v in claims[order.external_id])
+            if state in ("paid", "inflight") and terms != order.terms:
+                conflicts.append((order.index, f"batch {batch_id} item {index}"))
+        return conflicts
+
+    def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> bool:
         """True when the batch is still `accepting` and its publisher's lease has expired."""
-        return bool(self._take_over(keys=[_batch_key(batch_id), _lease_key(batch_id)],
+        batch_key, _, _, lease_key = batch_keys(ref)
+        return bool(self._take_over(keys=[batch_key, lease_key],
                                     args=[publish_lease_s, uuid.uuid4().hex]))
 
-    def open_batch(self, batch_id: str) -> None:
+    def open_batch(self, ref: BatchRef) -> None:
         """The chord is published: let the settle tasks start."""
+        batch_key, _, _, lease_key = batch_keys(ref)
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(_batch_key(batch_id), mapping={"state": "processing",
-                                                      "progress_ms": int(time.time() * 1000)})
-            pipe.delete(_lease_key(batch_id))
+            pipe.hset(batch_key, mapping={"state": "processing",
+                                          "progress_ms": int(time.time() * 1000)})
+            pipe.delete(lease_key)
             pipe.execute()
 
-    def discard_batch(self, batch_id: str, lease_token: str) -> bool:
+    def discard_batch(self, ref: BatchRef, lease_token: str) -> bool:
         """Remove a batch whose chord could not be published, if we still hold its lease."""
-        keys = [*_keys(batch_id), _lease_key(batch_id), ALL_BATCHES, OPEN_BATCHES]
-        return bool(self._discard(keys=keys, args=[lease_token, batch_id]))
+        keys = [*batch_keys(ref), ALL_BATCHES, OPEN_BATCHES]
+        return bool(self._discard(keys=keys, args=[lease_token, ref.member]))
 
     # -- settling one item -------------------------------------------------------------
 
-    def begin_settlement(self, batch_id: str, index: int) -> Decision:
-        """Take the external_id claim for this item, or say why it must wait or stop."""
-        reply = [_s(x) for x in self._begin(keys=_keys(batch_id),
-                                             args=[index, CLAIM_PREFIX, batch_id, utcnow()])]
+    def begin_settlement(self, ref: BatchRef, index: int, max_attempts: int) -> Decision:
+        """Take the external_id claim for this item, or say why it must wait or stop.
+
+        `settle`: call the provider (attempt number `attempts`); `lookup`: the attempts are used
+        up, only ask the provider what it holds under the claim's key.
+        """
+        reply = [_s(x) for x in self._begin(
+            keys=batch_keys(ref)[:3],
+            args=[index, ref.batch_id, utcnow(), int(time.time() * 1000), max_attempts])]
         action = reply[0]
-        if action == "settle":
-            return Decision("settle", claim_generation=int(reply[1]),
-                            order=json.loads(reply[2]), attempts=int(reply[3]))
+        if action in ("settle", "lookup"):
+            return Decision(action, claim_generation=int(reply[1]), order=json.loads(reply[2]),
+                            attempts=int(reply[3]), called_ms=int(reply[4]))
         if action == "wait":
             return Decision("wait", waiting_on=f"{reply[1]}#{reply[2]}")
         return Decision(action)
 
-    def record_paid(self, batch_id: str, index: int, e2e_id: str, claim_generation: int) -> str:
-        return self._record_outcome(batch_id, index, "paid", e2e_id, str(claim_generation))
+    def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int) -> str:
+        return self._record_outcome(ref, index, "paid", e2e_id, str(claim_generation))
 
-    def record_failed(self, batch_id: str, index: int, code: str, reason: str) -> str:
-        return self._record_outcome(batch_id, index, "failed", code, reason)
+    def record_failed(self, ref: BatchRef, index: int, code: str, reason: str) -> str:
+        return self._record_outcome(ref, index, "failed", code, reason)
 
-    def _record_outcome(self, batch_id: str, index: int, outcome: str, *details: str) -> str:
-        batch_key, items_key, _ = _keys(batch_id)
-        reply = self._record(keys=[batch_key, items_key],
-                             args=[index, CLAIM_PREFIX, batch_id, outcome, utcnow(), *details])
+    def _record_outcome(self, ref: BatchRef, index: int, outcome: str, *details: str) -> str:
+        reply = self._record(keys=batch_keys(ref)[:3],
+                             args=[index, ref.batch_id, outcome, utcnow(), *details])
         return _s(reply[0])
 
-    def complete_batch(self, batch_id: str) -> tuple[str, ...]:
+    def complete_batch(self, ref: BatchRef) -> tuple[str, ...]:
         """Mark the batch completed (idempotent); ('incomplete', processed, total) otherwise."""
-        reply = self._complete(keys=[_batch_key(batch_id), OPEN_BATCHES], args=[utcnow(), batch_id])
+        reply = self._complete(keys=[batch_keys(ref)[0], OPEN_BATCHES],
+                               args=[utcnow(), ref.member])
         return tuple(_s(x) for x in reply)
 
     # -- reading -----------------------------------------------------------------------
 
-    def report_json(self, batch_id: str) -> str | None:
+    def report_json(self, ref: BatchRef) -> str | None:
         """The batch report (SPEC §4) as a JSON string, or None for an unknown batch.
 
         Item entries are stored as JSON already, so a 10,000-item report is joined, not re-encoded.
         """
-        batch_key, items_key, _ = _keys(batch_id)
+        batch_key, items_key, _, _ = batch_keys(ref)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(batch_key)
             pipe.hgetall(items_key)
@@ -417,17 +546,27 @@ class PayoutStore:
         head = json.dumps(_report_head(header), separators=(",", ":"))
         return head[:-1] + ',"details":[' + ",".join(details) + "]}"
 
-    def summary(self, batch_id: str) -> dict | None:
+    def summary(self, ref: BatchRef) -> dict | None:
         """The report without its details: one small read, whatever the batch's size."""
-        header = self.client.hgetall(_batch_key(batch_id))
+        header = self.client.hgetall(batch_keys(ref)[0])
         return _report_head(header) if header else None
 
-    def report(self, batch_id: str) -> dict | None:
-        raw = self.report_json(batch_id)
+    def report(self, ref: BatchRef) -> dict | None:
+        raw = self.report_json(ref)
         return None if raw is None else json.loads(raw)
 
-    def batch_state(self, batch_id: str) -> str | None:
-        return _s(self.client.hget(_batch_key(batch_id), "state"))
+    def item_terms(self, ref: BatchRef) -> dict[int, str]:
+        """Index -> terms digest of every item (reconciliation compares duplicates with them)."""
+        orders = self.client.hgetall(batch_keys(ref)[2])
+        return {int(k): json.loads(v)["terms"] for k, v in orders.items()}
+
+    def full_pix_keys_held(self, ref: BatchRef) -> int:
+        """How many of the batch's orders still hold a full PIX key (only unfinished items may)."""
+        orders = self.client.hvals(batch_keys(ref)[2])
+        return sum(1 for v in orders if "pix_key" in json.loads(v))
+
+    def batch_state(self, ref: BatchRef) -> str | None:
+        return _s(self.client.hget(batch_keys(ref)[0], "state"))
 
     def stats(self) -> dict:
         """Service-wide totals for metrics: items by final status and open batches."""
@@ -437,25 +576,27 @@ class PayoutStore:
             items, open_batches = pipe.execute()
         return {"items": {_s(k): int(v) for k, v in items.items()}, "open_batches": open_batches}
 
-    def all_batch_ids(self) -> list[str]:
-        return [_s(b) for b in self.client.zrange(ALL_BATCHES, 0, -1)]
+    def all_batches(self, client: str | None = None) -> list[BatchRef]:
+        """Every batch by creation time; one client's when `client` is given."""
+        return _of_client((BatchRef.from_member(m) for m in self.client.zrange(ALL_BATCHES, 0, -1)),
+                          client)
 
-    def open_batch_ids(self) -> list[str]:
-        return sorted(_s(b) for b in self.client.smembers(OPEN_BATCHES))
+    def open_batches(self) -> list[BatchRef]:
+        return sorted(BatchRef.from_member(m) for m in self.client.smembers(OPEN_BATCHES))
 
-    def batch_progress(self, batch_id: str) -> dict | None:
+    def batch_progress(self, ref: BatchRef) -> dict | None:
         """State, counters and the time (ms) an item last reached a final state."""
         fields = ("state", "total", "processed", "progress_ms")
-        values = self.client.hmget(_batch_key(batch_id), *fields)
+        values = self.client.hmget(batch_keys(ref)[0], *fields)
         if values[0] is None:
             return None
         info = dict(zip(fields, (_s(v) for v in values), strict=True))
         return {"state": info["state"], "total": int(info["total"]),
                 "processed": int(info["processed"]), "progress_ms": int(info["progress_ms"] or 0)}
 
-    def unfinished_indexes(self, batch_id: str) -> list[int]:
+    def unfinished_indexes(self, ref: BatchRef) -> list[int]:
         """Items not yet in a final state, in submission order."""
-        items = self.client.hgetall(_keys(batch_id)[1])
+        items = self.client.hgetall(batch_keys(ref)[1])
         return sorted(int(k) for k, v in items.items() if json.loads(v)["status"] not in FINAL_STATUSES)
 
     def try_sweep_lock(self, ttl_s: int) -> bool:
@@ -465,9 +606,13 @@ class PayoutStore:
     def release_sweep_lock(self) -> None:
         self.client.delete(SWEEP_LOCK)
 
-    def touch_progress(self, batch_id: str) -> None:
+    def touch_progress(self, ref: BatchRef) -> None:
         """Note that the batch was just (re)driven, so the sweeper leaves it alone for a while."""
-        self.client.hset(_batch_key(batch_id), "progress_ms", int(time.time() * 1000))
+        self.client.hset(batch_keys(ref)[0], "progress_ms", int(time.time() * 1000))
 
-    def claim(self, external_id: str) -> dict:
-        return {_s(k): _s(v) for k, v in self.client.hgetall(CLAIM_PREFIX + external_id).items()}
+    def claim(self, client: str, external_id: str) -> dict:
+        return {_s(k): _s(v) for k, v in self.client.hgetall(claim_key(client, external_id)).items()}
+
+
+def _of_client(refs: Iterable[BatchRef], client: str | None) -> list[BatchRef]:
+    return [r for r in refs if client is None or r.client == client]

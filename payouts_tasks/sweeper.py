@@ -15,48 +15,68 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
+
 from payouts_tasks.batches import publish_if_abandoned, publish_items
 from payouts_tasks.celery_app import app
+from payouts_tasks.metrics import SWEEP_ERRORS
 from payouts_tasks.resources import get_store
 from payouts_tasks.settings import get_settings
+from payouts_tasks.store import BatchRef
 
 log = logging.getLogger(__name__)
 
+
 @app.task(name="payouts.sweep", ignore_result=True)
 def sweep() -> dict[str, str]:
-    """One pass over the open batches; returns what it did per batch (for logs and tests)."""
+    """One pass over the open batches; returns what it did per batch (for logs and tests).
+
+    One unreadable batch is logged, counted and skipped: it never stops the others.
+    """
     settings = get_settings()
     store = get_store()
     # One sweep at a time, whatever the number of beat schedulers or manual calls.
     if not store.try_sweep_lock(ttl_s=max(settings.sweep_interval_s, 5)):
         return {}
+    done = {}
     try:
-        return {batch_id: action for batch_id in store.open_batch_ids()
-                if (action := sweep_batch(batch_id, settings.stall_after_s, settings.sweep_interval_s))}
+        for ref in store.open_batches():
+            try:
+                action = sweep_batch(ref, settings.stall_after_s, settings.sweep_interval_s)
+            except redis.ConnectionError:
+                raise
+            except Exception:
+                SWEEP_ERRORS.inc()
+                log.exception("sweep: batch unreadable; skipped",
+                              extra={"client": ref.client, "batch_id": ref.batch_id})
+                action = "error"
+            if action:
+                done[ref.member] = action
+        return done
     finally:
         store.release_sweep_lock()
 
 
-def sweep_batch(batch_id: str, stall_after_s: int, grace_s: int) -> str | None:
+def sweep_batch(ref: BatchRef, stall_after_s: int, grace_s: int) -> str | None:
     store = get_store()
-    info = store.batch_progress(batch_id)
+    info = store.batch_progress(ref)
     if info is None or info["state"] == "completed":
         return None
     if info["state"] == "accepting":
-        return "published" if publish_if_abandoned(store, batch_id, info["total"]) else None
+        return "published" if publish_if_abandoned(store, ref, info["total"]) else None
     idle_s = time.time() - info["progress_ms"] / 1000
+    context = {"client": ref.client, "batch_id": ref.batch_id}
     if info["processed"] >= info["total"]:
         if idle_s < grace_s:  # the chord's own callback is normally a moment away
             return None
-        store.complete_batch(batch_id)
-        log.warning("sweep: every item final but batch not completed; completed it",
-                    extra={"batch_id": batch_id})
+        store.complete_batch(ref)
+        log.warning("sweep: every item final but batch not completed; completed it", extra=context)
         return "completed"
     if idle_s < stall_after_s:
         return None
-    unfinished = store.unfinished_indexes(batch_id)
-    store.touch_progress(batch_id)
-    publish_items(batch_id, unfinished)
+    unfinished = store.unfinished_indexes(ref)
+    store.touch_progress(ref)
+    publish_items(ref, unfinished)
     log.warning("sweep: batch idle; re-driving its unfinished items",
-                extra={"batch_id": batch_id, "idle_s": int(idle_s), "items": len(unfinished)})
+                extra={**context, "idle_s": int(idle_s), "items": len(unfinished)})
     return "resumed"

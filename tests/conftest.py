@@ -25,6 +25,8 @@ from payouts_cli.local_redis import free_port, start_redis
 TEST_ENV = {
     "PIX_SIM_LATENCY_MS": "0-20",
     "PIX_SIM_SEED": "tests",
+    # The provider's final deadline: an unanswered call is unknown (not failed) this long.
+    "PIX_SIM_SETTLEMENT_TIMEOUT_S": "4",
     "PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05",
     "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4",
     "PAYOUTS_RATELIMIT_ENABLED": "false",

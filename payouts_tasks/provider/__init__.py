@@ -33,13 +33,14 @@ class Transfer:
 
     idempotency_key: str
     external_id: str
-    status: str  # "settled" or "rejected"
+    status: str  # "settled", "rejected", or "pending" (accepted, not yet final)
     amount_cents: int
     pix_key_masked: str
     created_at: str
     e2e_id: str | None = None
     failure_code: str | None = None
     failure_reason: str | None = None
+    settles_at: str | None = None  # a pending transfer's expected settlement (simulator only)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -56,6 +57,14 @@ class PixProvider(ABC):
     def pay(self, *, idempotency_key: str, external_id: str, amount_cents: int,
             pix_key: str) -> Transfer:
         """Settle a transfer; raise PermanentProviderError or TransientProviderError otherwise."""
+
+    @property
+    @abstractmethod
+    def final_deadline_s(self) -> float:
+        """Seconds after a call past which a key with no transfer will never have one.
+
+        Until then, "no transfer" is an unknown outcome, not a failure (SPEC §5).
+        """
 
     @abstractmethod
     def lookup(self, idempotency_key: str) -> Transfer | None:

@@ -14,8 +14,8 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import redis
@@ -73,6 +73,10 @@ TEST_KEYS: dict[str, str] = {
         "every attempt outlives the settlement deadline (PIX_SIM_SETTLEMENT_TIMEOUT_S): AB03, "
         "nothing recorded"
     ),
+    "settle.late@pix.test": (
+        "every call answers AB03 (the answer is lost); the transfer, pending from the first call, "
+        "settles half the settlement deadline later: only a lookup finds it (unknown is not failed)"
+    ),
     "hang@pix.test": (
         "the call hangs for 10 minutes, ignoring the deadline (a client stuck on a dead socket); "
         "only the task's time limit ends it"
@@ -96,6 +100,7 @@ _SETTLE = "settle"
 _PERMANENT = "permanent"
 _TRANSIENT = "transient"
 _SETTLE_THEN_TIMEOUT = "settle_then_timeout"
+_SETTLE_LATE = "settle_late"
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ _TEST_KEY_BEHAVIOUR: dict[str, Callable[[int], _Outcome]] = {
     "timeout.always@pix.test": _forced(_TRANSIENT, "AB03"),
     "settle.then.timeout@pix.test": _forced(_SETTLE_THEN_TIMEOUT, "AB03", until=1),
     "slow.stuck@pix.test": _forced(_SETTLE),
+    "settle.late@pix.test": _forced(_SETTLE_LATE, "AB03"),
     "hang@pix.test": _forced(_SETTLE),
 }
 if set(_TEST_KEY_BEHAVIOUR) != set(TEST_KEYS):  # pragma: no cover - guards the docs table
@@ -242,6 +248,9 @@ class SimulatedPixProvider(PixProvider):
         self._simulate_latency(pix_key)
 
         existing = self.lookup(idempotency_key)
+        if existing is not None and (existing.status == "pending"
+                                     or normalise_test_key(pix_key) == "settle.late@pix.test"):
+            raise TransientProviderError("AB03", TRANSIENT_REASONS["AB03"])
         if existing is not None:
             return self._replay(existing)
 
@@ -260,24 +269,40 @@ class SimulatedPixProvider(PixProvider):
                 failure_reason=PERMANENT_REASONS[outcome.code],
             )
         else:
+            late = outcome.kind == _SETTLE_LATE
             record = Transfer(
-                idempotency_key=idempotency_key, external_id=external_id, status="settled",
+                idempotency_key=idempotency_key, external_id=external_id,
+                status="pending" if late else "settled",
                 amount_cents=amount_cents, pix_key_masked=mask_pix_key(pix_key),
                 created_at=_iso_z(now), e2e_id=make_e2e_id(self.ispb, now, rng),
+                settles_at=_iso_z(now + timedelta(seconds=self.settlement_timeout_s / 2))
+                if late else None,
             )
         stored = _transfer_from_json(self._create(
             keys=[self._transfer_key(idempotency_key), self._index_key],
             args=[json.dumps(record.as_dict(), sort_keys=True), idempotency_key],
         ))
-        if outcome.kind == _SETTLE_THEN_TIMEOUT:
+        if outcome.kind in (_SETTLE_THEN_TIMEOUT, _SETTLE_LATE):
             # The transfer is on the ledger, but the answer is "lost": only a lookup or a replay
             # with the same idempotency key can tell the caller that the money moved.
             raise TransientProviderError(outcome.code, TRANSIENT_REASONS[outcome.code])
         return self._replay(stored)
 
+    @property
+    def final_deadline_s(self) -> float:
+        """The SPI rejects a settlement not confirmed within its deadline (AB03)."""
+        return self.settlement_timeout_s
+
     def lookup(self, idempotency_key: str) -> Transfer | None:
         raw = self._client.get(self._transfer_key(idempotency_key))
-        return None if raw is None else _transfer_from_json(raw)
+        return None if raw is None else self._as_of_now(_transfer_from_json(raw))
+
+    def _as_of_now(self, transfer: Transfer) -> Transfer:
+        """A pending transfer whose settlement time has come is settled."""
+        if transfer.status == "pending" and transfer.settles_at \
+                and transfer.settles_at <= _iso_z(self._clock()):
+            return replace(transfer, status="settled")
+        return transfer
 
     def transfers(self) -> Iterator[Transfer]:
         start = 0
@@ -288,7 +313,7 @@ class SimulatedPixProvider(PixProvider):
             raws = self._client.mget([self._transfer_key(_text(k)) for k in keys])
             for raw in raws:
                 if raw is not None:
-                    yield _transfer_from_json(raw)
+                    yield self._as_of_now(_transfer_from_json(raw))
             start += len(keys)
 
     # -- helpers ---------------------------------------------------------------------------------

@@ -503,7 +503,7 @@ def test_api_stores_normalised_keys_and_reports_type_and_mask(client, redis_clie
     assert [(d["pix_key_type"], d["pix_key"]) for d in details] == [
         ("cpf", "***456789**"), ("cnpj", "**ABC345******"), ("phone", "+55*******5678"),
         ("email", "u***@email.com"), ("evp", "550e****************************0000")]
-    orders = redis_client.hgetall(f"payouts:batch:pk-{uid}:orders")
+    orders = redis_client.hgetall(f"payouts:batch:tests:pk-{uid}:orders")
     assert [json.loads(orders[str(i)])["pix_key"] for i in range(5)] == [
         "12345678909", "12ABC34501DE35", "+5511912345678", "u1@email.com",
         "550e8400-e29b-41d4-a716-446655440000"]

@@ -270,7 +270,7 @@ def test_five_hundred_items_complete(client, provider, uid):
 
 def test_batch_left_unopened_by_a_dead_publisher_is_published_by_a_replay(client, store, uid):
     from payouts_api.schemas import BatchRequestSchema
-    from payouts_tasks.store import Order, fingerprint
+    from payouts_tasks.store import BatchRef, Order, fingerprint
 
     batch_id = f"orphaned-{uid}"
     items = [item(f"o{i}-{uid}") for i in range(3)]
@@ -279,11 +279,12 @@ def test_batch_left_unopened_by_a_dead_publisher_is_published_by_a_replay(client
                     it["pix_key_type"])
               for i, it in enumerate(payload["items"])]
     # What an API process that died between writing the batch and publishing its chord leaves.
-    assert store.create_batch(batch_id, fingerprint(payload), orders, publish_lease_s=1)[0]
+    ref = BatchRef("tests", batch_id)
+    assert store.create_batch(ref, fingerprint(payload), orders, publish_lease_s=1)[0]
 
     within_lease = post(client, batch_id, items)
     assert within_lease.status_code == 200
-    assert store.batch_state(batch_id) == "accepting"  # the publisher may still be alive
+    assert store.batch_state(ref) == "accepting"  # the publisher may still be alive
 
     time.sleep(1.2)
     assert post(client, batch_id, items).status_code == 200

@@ -21,7 +21,7 @@ import requests
 from payouts_cli.local_redis import free_port, start_redis
 from payouts_tasks.provider.simulated import SimulatedPixProvider
 from payouts_tasks.reconcile import reconcile
-from payouts_tasks.store import PayoutStore
+from payouts_tasks.store import BatchRef, PayoutStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,6 +41,9 @@ STACK_ENV = {
     "WORKER_CONCURRENCY": "100",
     "PAYOUTS_WORKER_METRICS_PORT": "0",
 }
+
+
+CLIENT = "tests"  # the owner of PAYOUTS_API_KEY in tests/conftest.py
 
 
 class Stack:
@@ -139,7 +142,11 @@ class Stack:
                              json={"batch_id": batch_id, "items": items})
 
     def report(self, batch_id: str) -> dict:
-        return self.store.report(batch_id)
+        return self.store.report(self.ref(batch_id))
+
+    def ref(self, batch_id: str) -> BatchRef:
+        """Batches the stack posts belong to the client of its API key (`tests`)."""
+        return BatchRef(CLIENT, batch_id)
 
     def wait_until(self, batch_id: str, processed: int, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

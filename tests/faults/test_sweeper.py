@@ -14,7 +14,7 @@ def test_batch_whose_chord_never_ran_is_published_by_the_sweeper(make_stack):
     orders = [Order(i, it["external_id"], it["user_id"], it["amount_cents"], it["pix_key"], "s***")
               for i, it in enumerate(batch)]
     # What an API process that died between writing the batch and publishing it leaves behind.
-    created, _ = stack.store.create_batch("unpublished", fingerprint({"batch_id": "unpublished",
+    created, _ = stack.store.create_batch(stack.ref("unpublished"), fingerprint({"batch_id": "unpublished",
                                                                       "items": batch}),
                                           orders, publish_lease_s=1)
     assert created

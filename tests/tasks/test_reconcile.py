@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from payouts_cli.main import cli
 from payouts_tasks.provider.simulated import SimulatedPixProvider
 from payouts_tasks.reconcile import reconcile
-from payouts_tasks.store import Order, PayoutStore, fingerprint, idempotency_key
+from payouts_tasks.store import BatchRef, Order, PayoutStore, batch_keys, fingerprint, idempotency_key
+
+CLIENT = "reconcile-tests"  # its deliberate discrepancies stay out of other tests
 
 
 @pytest.fixture
@@ -23,20 +25,22 @@ def ledger(redis_client):
     return SimulatedPixProvider(redis_client, ispb="13935893")
 
 
-def settle_directly(store, ledger, batch_id: str, external_ids: list[str]) -> dict:
+def settle_directly(store, ledger, batch_id: str, external_ids: list[str], client: str = CLIENT,
+                    amount: int = 100) -> dict:
     """A batch settled by calling the store and provider as the settle task does."""
-    orders = [Order(i, e, "u", 100, "a@b.com", "a***@b.com") for i, e in enumerate(external_ids)]
-    store.create_batch(batch_id, fingerprint({"b": batch_id}), orders)
-    store.open_batch(batch_id)
+    ref = BatchRef(client, batch_id)
+    orders = [Order(i, e, "u", amount, "a@b.com", "a***@b.com") for i, e in enumerate(external_ids)]
+    store.create_batch(ref, fingerprint({"b": batch_id, "a": amount}), orders)
+    store.open_batch(ref)
     for i in range(len(orders)):
-        decision = store.begin_settlement(batch_id, i)
+        decision = store.begin_settlement(ref, i, 6)
         if decision.action == "settle":
-            key = idempotency_key(decision.order["external_id"], decision.claim_generation)
+            key = idempotency_key(client, decision.order["external_id"], decision.claim_generation)
             transfer = ledger.pay(idempotency_key=key, external_id=decision.order["external_id"],
-                                  amount_cents=100, pix_key="a@b.com")
-            store.record_paid(batch_id, i, transfer.e2e_id, decision.claim_generation)
-    store.complete_batch(batch_id)
-    return store.report(batch_id)
+                                  amount_cents=amount, pix_key="a@b.com")
+            store.record_paid(ref, i, transfer.e2e_id, decision.claim_generation)
+    store.complete_batch(ref)
+    return store.report(ref)
 
 
 def test_a_clean_batch_has_no_discrepancy(store, ledger, uid):
@@ -47,8 +51,8 @@ def test_a_clean_batch_has_no_discrepancy(store, ledger, uid):
 
 def test_a_second_transfer_for_one_external_id_is_reported(store, ledger, uid):
     settle_directly(store, ledger, f"double-{uid}", [f"x-{uid}"])
-    ledger.pay(idempotency_key=f"rogue-{uid}", external_id=f"x-{uid}", amount_cents=100,
-               pix_key="a@b.com")
+    ledger.pay(idempotency_key=idempotency_key(CLIENT, f"x-{uid}", 7), external_id=f"x-{uid}",
+               amount_cents=100, pix_key="a@b.com")
 
     kinds = {d.kind for d in reconcile(store, ledger, f"double-{uid}")}
 
@@ -61,10 +65,11 @@ def test_a_second_transfer_for_one_external_id_is_reported(store, ledger, uid):
 def test_paid_item_without_transfer_and_bad_counters_are_reported(store, ledger, redis_client, uid):
     batch_id = f"tampered-{uid}"
     settle_directly(store, ledger, batch_id, [f"p-{uid}"])
-    entry = json.loads(redis_client.hget(f"payouts:batch:{batch_id}:items", "0"))
+    header, items = batch_keys(BatchRef(CLIENT, batch_id))[:2]
+    entry = json.loads(redis_client.hget(items, "0"))
     entry["e2e_id"] = "E00000000202601010000AAAAAAAAAAA"
-    redis_client.hset(f"payouts:batch:{batch_id}:items", "0", json.dumps(entry))
-    redis_client.hincrby(f"payouts:batch:{batch_id}", "failed", 1)
+    redis_client.hset(items, "0", json.dumps(entry))
+    redis_client.hincrby(header, "failed", 1)
 
     kinds = sorted(d.kind for d in reconcile(store, ledger, batch_id))
 
@@ -75,3 +80,38 @@ def test_unknown_batch_is_an_error(uid):
     result = CliRunner().invoke(cli, ["reconcile", f"nope-{uid}"])
     assert result.exit_code == 2
     assert "unknown batch" in result.stderr
+
+
+def test_a_duplicate_whose_terms_differ_from_the_paid_original_is_reported(store, ledger,
+                                                                          redis_client, uid):
+    settle_directly(store, ledger, f"orig-{uid}", [f"t-{uid}"])
+    settle_directly(store, ledger, f"dup-{uid}", [f"t-{uid}"])
+    assert reconcile(store, ledger, f"dup-{uid}") == []
+    orders = batch_keys(BatchRef(CLIENT, f"dup-{uid}"))[2]
+    record = json.loads(redis_client.hget(orders, "0"))
+    record["terms"] = "0" * 32  # what the old rule allowed: same id, other payout, "duplicate"
+    redis_client.hset(orders, "0", json.dumps(record))
+
+    assert [d.kind for d in reconcile(store, ledger, f"dup-{uid}")] == ["duplicate_terms_differ"]
+
+
+def test_transfers_and_batches_are_checked_per_client(store, ledger, uid):
+    settle_directly(store, ledger, f"shared-{uid}", [f"c-{uid}"], client="acme")
+    settle_directly(store, ledger, f"shared-{uid}", [f"c-{uid}"], client="globex", amount=1)
+    assert reconcile(store, ledger, client="acme") == []
+    assert reconcile(store, ledger, f"shared-{uid}", client="globex") == []
+    # A transfer whose key names no client cannot be matched to anyone's item.
+    ledger.pay(idempotency_key=f"payout:{uid}:1", external_id=f"c-{uid}", amount_cents=1,
+               pix_key="a@b.com")
+    assert reconcile(store, ledger, client="acme") == []
+    assert "transfer_without_client" in {d.kind for d in reconcile(store, ledger)}
+
+
+def test_an_unreadable_batch_is_reported_and_the_others_still_checked(store, ledger, redis_client, uid):
+    settle_directly(store, ledger, f"good-{uid}", [f"g-{uid}"])
+    settle_directly(store, ledger, f"bad-{uid}", [f"b-{uid}"], client="corrupt")
+    redis_client.hset(batch_keys(BatchRef("corrupt", f"bad-{uid}"))[0], "total", "not-a-number")
+
+    found = reconcile(store, ledger, client="corrupt")
+    assert [(d.kind, d.batch_id) for d in found] == [("unreadable_batch", f"bad-{uid}")]
+    assert reconcile(store, ledger, f"good-{uid}") == []

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from payouts_tasks.store import Order, PayoutStore, fingerprint
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payouts_tasks.store import (
+    ALL_BATCHES,
+    OPEN_BATCHES,
+    STATS,
+    SWEEP_LOCK,
+    BatchConflict,
+    BatchRef,
+    Order,
+    PayoutStore,
+    batch_keys,
+    claim_key,
+    fingerprint,
+    idempotency_key,
+    parse_idempotency_key,
+)
+
+MAX_ATTEMPTS = 6
 
 
 @pytest.fixture
@@ -12,86 +32,209 @@ def store(redis_client):
     return PayoutStore(redis_client)
 
 
-def open_batch(store, batch_id: str, external_ids: list[str]) -> None:
-    orders = [Order(i, e, "u", 100, "a@b.com", "a***@b.com") for i, e in enumerate(external_ids)]
-    assert store.create_batch(batch_id, fingerprint({"b": batch_id}), orders)[0]
-    store.open_batch(batch_id)
+def ref(batch_id: str, client: str = "t") -> BatchRef:
+    return BatchRef(client, batch_id)
 
 
-def counters(store, batch_id: str) -> tuple:
-    report = store.report(batch_id)
+def begin(store, batch: BatchRef, index: int = 0, max_attempts: int = MAX_ATTEMPTS):
+    return store.begin_settlement(batch, index, max_attempts)
+
+
+def order(i: int, external_id: str, amount: int = 100, pix_key: str = "a@b.com") -> Order:
+    return Order(i, external_id, "u", amount, pix_key, "a***@b.com")
+
+
+def open_batch(store, batch: BatchRef, external_ids: list[str], amount: int = 100) -> None:
+    orders = [order(i, e, amount) for i, e in enumerate(external_ids)]
+    assert store.create_batch(batch, fingerprint({"b": batch.batch_id, "a": amount}), orders)[0]
+    store.open_batch(batch)
+
+
+def counters(store, batch: BatchRef) -> tuple:
+    report = store.report(batch)
     return report["processed"], report["successful"], report["failed"]
 
 
 def test_claim_is_taken_once_and_resumed_by_the_same_item(store, uid):
-    open_batch(store, f"a-{uid}", [f"x-{uid}"])
-    open_batch(store, f"b-{uid}", [f"x-{uid}"])
+    open_batch(store, ref(f"a-{uid}"), [f"x-{uid}"])
+    open_batch(store, ref(f"b-{uid}"), [f"x-{uid}"])
 
-    first = store.begin_settlement(f"a-{uid}", 0)
-    other = store.begin_settlement(f"b-{uid}", 0)
-    again = store.begin_settlement(f"a-{uid}", 0)  # a redelivery of the same item
+    first = begin(store, ref(f"a-{uid}"))
+    other = begin(store, ref(f"b-{uid}"))
+    again = begin(store, ref(f"a-{uid}"))  # a redelivery of the same item
 
     assert first.action == "settle" and first.claim_generation == 1
     assert other.action == "wait" and other.waiting_on == f"a-{uid}#0"
     assert again.action == "settle" and again.claim_generation == 1 and again.attempts == 2
 
 
-def test_outcome_is_counted_once(store, uid):
-    open_batch(store, f"once-{uid}", [f"o-{uid}"])
-    store.begin_settlement(f"once-{uid}", 0)
+def test_two_clients_with_equal_ids_are_unrelated(store, uid):
+    """Same batch id and external id under two clients: two batches, two claims, two keys."""
+    for client in ("acme", "globex"):
+        open_batch(store, ref(f"same-{uid}", client), [f"x-{uid}"], amount=1 if client == "globex" else 9)
+    acme, globex = begin(store, ref(f"same-{uid}", "acme")), begin(store, ref(f"same-{uid}", "globex"))
 
-    assert store.record_paid(f"once-{uid}", 0, "E1", 1) == "paid"
-    assert store.record_paid(f"once-{uid}", 0, "E1", 1) == "paid"
-    assert store.record_failed(f"once-{uid}", 0, "AB03", "late") == "paid"
-    assert counters(store, f"once-{uid}") == (1, 1, 0)
+    assert acme.action == globex.action == "settle"
+    assert idempotency_key("acme", f"x-{uid}", 1) != idempotency_key("globex", f"x-{uid}", 1)
+    store.record_paid(ref(f"same-{uid}", "globex"), 0, "E-globex", 1)
+    assert store.report(ref(f"same-{uid}", "acme"))["details"][0]["status"] == "processing"
+    assert store.claim("acme", f"x-{uid}")["state"] == "inflight"
+
+
+def test_outcome_is_counted_once(store, uid):
+    batch = ref(f"once-{uid}")
+    open_batch(store, batch, [f"o-{uid}"])
+    begin(store, batch)
+
+    assert store.record_paid(batch, 0, "E1", 1) == "paid"
+    assert store.record_paid(batch, 0, "E1", 1) == "paid"
+    assert store.record_failed(batch, 0, "AB03", "late") == "paid"
+    assert counters(store, batch) == (1, 1, 0)
+
+
+def test_same_terms_are_a_duplicate_other_terms_fail_as_reused(store, uid):
+    open_batch(store, ref(f"p-{uid}"), [f"d-{uid}"])
+    begin(store, ref(f"p-{uid}"))
+    store.record_paid(ref(f"p-{uid}"), 0, "E-orig", 1)
+    open_batch(store, ref(f"same-{uid}"), [f"d-{uid}"])
+    open_batch(store, ref(f"other-{uid}"), [f"d-{uid}"], amount=101)
+
+    assert begin(store, ref(f"same-{uid}")).action == "duplicate"
+    assert begin(store, ref(f"other-{uid}")).action == "reused"
+
+    assert store.report(ref(f"same-{uid}"))["details"][0]["duplicate_of"]["e2e_id"] == "E-orig"
+    failed = store.report(ref(f"other-{uid}"))["details"][0]
+    assert failed["status"] == "failed" and failed["failure_code"] == "EXTERNAL_ID_REUSED"
+    assert f"p-{uid}" in failed["failure_reason"]
+    assert store.claim("t", f"d-{uid}")["batch_id"] == f"p-{uid}"  # the paid claim is untouched
+
+
+def test_other_terms_while_in_flight_fail_without_waiting(store, uid):
+    open_batch(store, ref(f"i1-{uid}"), [f"f-{uid}"])
+    assert begin(store, ref(f"i1-{uid}")).action == "settle"
+    open_batch(store, ref(f"i2-{uid}"), [f"f-{uid}"], amount=5)
+
+    assert begin(store, ref(f"i2-{uid}")).action == "reused"
+    assert store.conflicting_claims("t", [order(0, f"f-{uid}", 5)]) == [(0, f"batch i1-{uid} item 0")]
+    assert store.conflicting_claims("t", [order(0, f"f-{uid}", 100)]) == []
+    assert store.conflicting_claims("someone-else", [order(0, f"f-{uid}", 5)]) == []
+
+
+def test_attempts_used_up_turn_into_lookups(store, uid):
+    batch = ref(f"look-{uid}")
+    open_batch(store, batch, [f"k-{uid}"])
+    decisions = [begin(store, batch, max_attempts=2) for _ in range(4)]
+
+    assert [d.action for d in decisions] == ["settle", "settle", "lookup", "lookup"]
+    assert [d.attempts for d in decisions] == [1, 2, 2, 2]
+    assert decisions[3].called_ms == decisions[1].called_ms > 0
+    assert store.claim("t", f"k-{uid}")["state"] == "inflight"
+    assert store.report(batch)["details"][0]["status"] == "processing"
 
 
 def test_a_failed_external_id_is_claimed_again_with_a_new_generation(store, uid):
-    open_batch(store, f"f1-{uid}", [f"g-{uid}"])
-    store.begin_settlement(f"f1-{uid}", 0)
-    store.record_failed(f"f1-{uid}", 0, "AC03", "invalid account")
-    open_batch(store, f"f2-{uid}", [f"g-{uid}"])
+    open_batch(store, ref(f"f1-{uid}"), [f"g-{uid}"])
+    begin(store, ref(f"f1-{uid}"))
+    store.record_failed(ref(f"f1-{uid}"), 0, "AC03", "invalid account")
+    open_batch(store, ref(f"f2-{uid}"), [f"g-{uid}"], amount=999)  # no money moved: any terms
 
-    decision = store.begin_settlement(f"f2-{uid}", 0)
+    decision = begin(store, ref(f"f2-{uid}"))
 
     assert decision.action == "settle" and decision.claim_generation == 2
 
 
 def test_a_late_success_of_the_same_claim_turns_failed_into_paid(store, uid):
-    batch_id = f"late-{uid}"
-    open_batch(store, batch_id, [f"l-{uid}"])
-    store.begin_settlement(batch_id, 0)
-    store.record_failed(batch_id, 0, "AB03", "gave up")  # one delivery gave up ...
+    batch = ref(f"late-{uid}")
+    open_batch(store, batch, [f"l-{uid}"])
+    begin(store, batch)
+    store.record_failed(batch, 0, "AB03", "gave up")  # one delivery gave up ...
 
-    outcome = store.record_paid(batch_id, 0, "E-late", 1)  # ... while another was still paying
+    outcome = store.record_paid(batch, 0, "E-late", 1)  # ... while another was still paying
 
     assert outcome == "paid"
-    assert counters(store, batch_id) == (1, 1, 0)
-    detail = store.report(batch_id)["details"][0]
+    assert counters(store, batch) == (1, 1, 0)
+    detail = store.report(batch)["details"][0]
     assert detail["e2e_id"] == "E-late" and "failure_code" not in detail
-    assert store.claim(f"l-{uid}")["state"] == "paid"
+    assert store.claim("t", f"l-{uid}")["state"] == "paid"
 
 
 def test_a_late_success_after_the_external_id_was_claimed_again_is_left_to_reconciliation(store, uid):
-    open_batch(store, f"r1-{uid}", [f"r-{uid}"])
-    store.begin_settlement(f"r1-{uid}", 0)
-    store.record_failed(f"r1-{uid}", 0, "AB03", "gave up")
-    open_batch(store, f"r2-{uid}", [f"r-{uid}"])
-    assert store.begin_settlement(f"r2-{uid}", 0).claim_generation == 2
+    open_batch(store, ref(f"r1-{uid}"), [f"r-{uid}"])
+    begin(store, ref(f"r1-{uid}"))
+    store.record_failed(ref(f"r1-{uid}"), 0, "AB03", "gave up")
+    open_batch(store, ref(f"r2-{uid}"), [f"r-{uid}"])
+    assert begin(store, ref(f"r2-{uid}")).claim_generation == 2
 
-    assert store.record_paid(f"r1-{uid}", 0, "E-old", 1) == "failed"
-    assert store.claim(f"r-{uid}")["batch_id"] == f"r2-{uid}"
+    assert store.record_paid(ref(f"r1-{uid}"), 0, "E-old", 1) == "failed"
+    assert store.claim("t", f"r-{uid}")["batch_id"] == f"r2-{uid}"
+
+
+def test_full_pix_keys_are_dropped_when_items_are_final(store, redis_client, uid):
+    batch = ref(f"pk-{uid}")
+    open_batch(store, batch, [f"k1-{uid}", f"k2-{uid}"])
+    assert store.full_pix_keys_held(batch) == 2
+    begin(store, batch, 0)
+    store.record_paid(batch, 0, "E1", 1)
+
+    assert store.full_pix_keys_held(batch) == 1
+    begin(store, batch, 1)
+    store.record_failed(batch, 1, "AC03", "invalid account")
+    assert store.full_pix_keys_held(batch) == 0
+    assert "a@b.com" not in json.dumps(redis_client.hgetall(batch_keys(batch)[2]))
+    assert store.item_terms(batch)[0] == order(0, "x").terms
 
 
 def test_a_failed_publisher_discards_its_batch_only_while_it_holds_the_lease(store, uid, redis_client):
-    orders = [Order(0, f"d-{uid}", "u", 100, "a@b.com", "a***@b.com")]
-    store.create_batch(f"mine-{uid}", "fp", orders, lease_token="token-a")
-    assert not store.discard_batch(f"mine-{uid}", "token-b")
-    assert store.discard_batch(f"mine-{uid}", "token-a")
-    assert store.report(f"mine-{uid}") is None
+    orders = [order(0, f"d-{uid}")]
+    store.create_batch(ref(f"mine-{uid}"), "fp", orders, lease_token="token-a")
+    assert not store.discard_batch(ref(f"mine-{uid}"), "token-b")
+    assert store.discard_batch(ref(f"mine-{uid}"), "token-a")
+    assert store.report(ref(f"mine-{uid}")) is None
 
-    store.create_batch(f"taken-{uid}", "fp", orders, publish_lease_s=1, lease_token="token-a")
-    redis_client.delete(f"payouts:batch:taken-{uid}:publisher")  # the lease expired ...
-    assert store.take_over_publishing(f"taken-{uid}")  # ... and the sweeper took the batch over
-    assert not store.discard_batch(f"taken-{uid}", "token-a")
-    assert store.report(f"taken-{uid}") is not None
+    taken = ref(f"taken-{uid}")
+    store.create_batch(taken, "fp", orders, publish_lease_s=1, lease_token="token-a")
+    redis_client.delete(batch_keys(taken)[3])  # the lease expired ...
+    assert store.take_over_publishing(taken)  # ... and the sweeper took the batch over
+    assert not store.discard_batch(taken, "token-a")
+    assert store.report(taken) is not None
+
+
+def test_a_new_batch_never_writes_into_keys_that_exist(store, redis_client, uid):
+    batch = ref(f"squat-{uid}")
+    redis_client.hset(batch_keys(batch)[1], "0", "{}")  # items without a batch: corrupt or foreign
+
+    with pytest.raises(BatchConflict):
+        store.create_batch(batch, "fp", [order(0, f"s-{uid}")])
+    assert not redis_client.exists(batch_keys(batch)[0])
+
+
+def test_ids_with_colons_cannot_reach_another_batch(store, uid):
+    """Issue 10: `X:items` used to write its header into X's items hash."""
+    open_batch(store, ref(f"X{uid}"), [f"x1-{uid}"])
+    open_batch(store, ref(f"X{uid}:items"), [f"x2-{uid}"])
+    open_batch(store, ref(f"X{uid}:orders", client="t:items"), [f"x3-{uid}"])
+
+    assert store.report(ref(f"X{uid}"))["details"][0]["external_id"] == f"x1-{uid}"
+    assert store.report(ref(f"X{uid}:items"))["total"] == 1
+    assert BatchRef.from_member(ref(f"X{uid}:orders", "t:items").member) == ref(f"X{uid}:orders", "t:items")
+
+
+ids = st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ids, ids, ids, ids)
+def test_distinct_ids_and_clients_give_disjoint_keys(client_a, id_a, client_b, id_b):
+    """Any two distinct (client, id) pairs share no storage key, whatever characters they hold."""
+    fixed = {ALL_BATCHES, OPEN_BATCHES, STATS, SWEEP_LOCK}
+
+    def keys(client, some_id):
+        return {*batch_keys(BatchRef(client, some_id)), claim_key(client, some_id)}
+
+    a, b = keys(client_a, id_a), keys(client_b, id_b)
+    assert len(a) == 5 and not a & fixed
+    if (client_a, id_a) != (client_b, id_b):
+        assert not a & b
+    key = idempotency_key(client_a, id_a, 3)
+    assert parse_idempotency_key(key) == (client_a, id_a, 3)
+    assert BatchRef.from_member(BatchRef(client_a, id_a).member) == (client_a, id_a)
