@@ -11,9 +11,10 @@ from kombu.exceptions import OperationalError
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from payouts_api.schemas import ERRORS_OMITTED, MAX_FIELD_ERRORS
+
 log = logging.getLogger(__name__)
 
-MAX_FIELD_ERRORS = 100
 MAX_FIELD_PATH = 200  # an unknown key is the client's own text: never echo a huge one back
 PROBLEM_TYPES = {
     400: "malformed-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
@@ -45,20 +46,27 @@ def problem_response(status: int, title: str, detail: str, errors: list | None =
     return response
 
 
-def field_errors(messages, prefix: str = "") -> list[dict]:
-    """Flatten marshmallow's nested messages into [{"field": "items.3.pix_key", "message": ...}]."""
+def field_errors(messages, prefix: str = "", notes: list[str] | None = None) -> list[dict]:
+    """Flatten marshmallow's nested messages into [{"field": "items.3.pix_key", "message": ...}].
+
+    A note saying where validation stopped (ERRORS_OMITTED) is not a field error: it goes to `notes`.
+    """
     out: list[dict] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
+            if key == ERRORS_OMITTED:
+                if notes is not None:
+                    notes.append(str(value))
+                continue
             path = str(key) if not prefix else f"{prefix}.{key}"
             if len(path) > MAX_FIELD_PATH:
                 path = path[:MAX_FIELD_PATH] + "..."
             if key == "_schema":
                 path = prefix or "body"
-            out.extend(field_errors(value, path))
+            out.extend(field_errors(value, path, notes))
     elif isinstance(messages, list):
         for message in messages:
-            out.extend(field_errors(message, prefix) if isinstance(message, dict | list)
+            out.extend(field_errors(message, prefix, notes) if isinstance(message, dict | list)
                        else [{"field": prefix or "body", "message": str(message)}])
     else:
         out.append({"field": prefix or "body", "message": str(messages)})
@@ -72,11 +80,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _invalid(exc: ValidationError):
-        errors = field_errors(exc.messages)
-        detail = f"{len(errors)} field(s) are invalid."
+        notes: list[str] = []
+        errors = field_errors(exc.messages, notes=notes)
+        detail = f"{'At least ' if notes else ''}{len(errors)} field(s) are invalid."
         if len(errors) > MAX_FIELD_ERRORS:
             detail += f" Showing the first {MAX_FIELD_ERRORS}."
             errors = errors[:MAX_FIELD_ERRORS]
+        detail = " ".join([detail, *notes])
         return problem_response(422, "Invalid fields", detail, errors)
 
     @app.errorhandler(RateLimitExceeded)

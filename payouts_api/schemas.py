@@ -1,7 +1,9 @@
 """Marshmallow schemas: they validate requests and, through apispec, write the OpenAPI document.
 
 Limits that operators configure (max items, max amount) come from the request's Context, so
-one schema class serves every configuration.
+one schema class serves every configuration. The cost of a load is bounded before per-item work:
+the item count is checked before any item is, an object's key count before its fields, and item
+validation stops once MAX_FIELD_ERRORS errors are collected.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 
-from marshmallow import Schema, ValidationError, fields, post_load, validates
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, utils, validates
 from marshmallow.experimental.context import Context
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
@@ -17,6 +19,9 @@ from payouts_tasks.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, par
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
+MAX_FIELD_ERRORS = 100  # field errors a 422 reports; item validation stops once it has this many
+MAX_OBJECT_KEYS = 20  # keys of the batch or of an item (5 are known) before their fields are read
+ERRORS_OMITTED = "_omitted"  # key of a note where validation stopped; problems.py moves it to detail
 
 
 class StrictInteger(fields.Integer):
@@ -66,6 +71,49 @@ class PixKeyField(fields.String):
             raise ValidationError(exc.message) from None
 
 
+def _count_messages(messages) -> int:
+    """How many field errors marshmallow's nested messages hold."""
+    if isinstance(messages, dict):
+        return sum(_count_messages(value) for value in messages.values())
+    if isinstance(messages, list):
+        return sum(_count_messages(value) if isinstance(value, dict | list) else 1 for value in messages)
+    return 1
+
+
+def _not_too_many_keys(data) -> None:
+    """Every unknown key is an error of its own: refuse a huge object once instead."""
+    if isinstance(data, Mapping) and len(data) > MAX_OBJECT_KEYS:
+        raise ValidationError(f"At most {MAX_OBJECT_KEYS} fields in an object; this one has {len(data)}.")
+
+
+class ItemsField(fields.List):
+    """The batch's items: counted against `max_items` (Context) before any item is validated, and
+    validated only until MAX_FIELD_ERRORS field errors are collected, so a request's cost is
+    bounded by the caps, not by the body (3 MB of `{}` built 4,000,001 errors before)."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list:
+        if not utils.is_collection(value):
+            raise self.make_error("invalid")
+        cap = Context.get({}).get("max_items")
+        if cap is not None and len(value) > cap:
+            raise ValidationError(f"At most {cap} items per batch; this one has {len(value)}.")
+        result, errors, collected = [], {}, 0
+        for index, each in enumerate(value):
+            try:
+                result.append(self.inner.deserialize(each, **kwargs))
+            except ValidationError as error:
+                errors[index] = error.messages
+                collected += _count_messages(error.messages)
+                if collected >= MAX_FIELD_ERRORS and index + 1 < len(value):
+                    errors[ERRORS_OMITTED] = (f"Validation stopped after {collected} invalid fields: "
+                                              f"items {index + 1} to {len(value) - 1} of {len(value)} "
+                                              "were not checked.")
+                    break
+        if errors:
+            raise ValidationError(errors)
+        return result
+
+
 class PayoutItemSchema(Schema):
     external_id = id_field("Your id for this payout; paid at most once, ever.", "u1-001")
     user_id = id_field("The receiver in your platform.", "u1")
@@ -83,6 +131,11 @@ class PayoutItemSchema(Schema):
         "description": "Optional; when given, it must be the type of pix_key. The report always "
                        "shows the detected type."})
 
+    @pre_load
+    def _few_keys(self, data, **_kwargs):
+        _not_too_many_keys(data)
+        return data
+
     @post_load
     def _split_pix_key(self, item: dict, **_kwargs) -> dict:
         key = item["pix_key"]
@@ -98,13 +151,12 @@ class PayoutItemSchema(Schema):
 
 class BatchRequestSchema(Schema):
     batch_id = id_field("Names one payload forever.", "2025-10-05-A")
-    items = fields.List(fields.Nested(PayoutItemSchema), required=True, validate=Length(min=1))
+    items = ItemsField(fields.Nested(PayoutItemSchema), required=True, validate=Length(min=1))
 
-    @validates("items")
-    def _not_too_many(self, value: list, **_kwargs) -> None:
-        cap = Context.get({}).get("max_items")
-        if cap is not None and len(value) > cap:
-            raise ValidationError(f"At most {cap} items per batch.")
+    @pre_load
+    def _few_keys(self, data, **_kwargs):
+        _not_too_many_keys(data)
+        return data
 
 
 class BatchIdSchema(Schema):

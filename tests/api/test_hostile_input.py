@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from marshmallow.experimental.context import Context
 
-from payouts_tasks.pix_keys import InvalidPixKey, parse_pix_key
+from payouts_api.schemas import MAX_FIELD_ERRORS, MAX_OBJECT_KEYS, BatchRequestSchema
+from payouts_tasks.pix_keys import MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
+from payouts_tasks.settings import Settings
 from tests.api.test_bad_input import assert_problem, field_paths, good_item, snapshot, unchanged  # noqa: F401
 
 CPF = "123.456.789-09"
@@ -102,7 +105,9 @@ HOSTILE = [
     ("huge-email-backtracking", one_item(pix_key="a." * 40_000 + "@" + "b-" * 40_000), 422,
      {"items.0.pix_key"}),
     ("huge-unknown-key", body(**{"k" * 100_000: 1}), 422, None),
-    ("many-unknown-fields", body(**{f"x{i}": i for i in range(20_000)}), 422, None),
+    ("many-unknown-fields", body(**{f"x{i}": i for i in range(20_000)}), 422, {"body"}),
+    ("many-unknown-fields-in-an-item", body(items=[{f"x{i}": i for i in range(20_000)}]), 422,
+     {"items.0"}),
     ("id-65-chars", body(batch_id="b" * 65), 422, {"batch_id"}),
     # unicode tricks in ids and keys
     ("fullwidth-batch_id", body(batch_id="ｂａｔｃｈ１"), 422, {"batch_id"}),
@@ -167,13 +172,97 @@ def test_a_body_over_the_cap_is_413_before_it_is_parsed(app, client):
     assert_problem(client.post("/api/payouts", data=raw, content_type="application/json"), 413)
 
 
+# -- bounded cost per request (issue 10, item 2): the caps decide the work, not the body --------------
+
+
+def empty_items(count: int) -> bytes:
+    return b'{"batch_id":"b","items":[' + b",".join([b"{}"] * count) + b"]}"
+
+
 @pytest.mark.usefixtures("unchanged")
-def test_many_invalid_items_are_capped_and_quick(client):
-    items = [{"external_id": "", "amount_cents": True, "pix_key": "k"} for _ in range(20_000)]
+@pytest.mark.parametrize("extra", [1, 990_000])  # the second: the issue's 3 MB of `{}` (49 s before)
+def test_more_items_than_the_cap_is_only_the_count_error(app, client, extra):
+    """The count is checked before any item: one error, not 4 per item."""
+    cap = app.config["PAYOUTS_MAX_ITEMS"]
+    raw = empty_items(cap + extra)
+    assert len(raw) < app.config["MAX_CONTENT_LENGTH"]
+    problem = assert_problem(client.post("/api/payouts", data=raw, content_type="application/json"), 422)
+    assert problem["errors"] == [{"field": "items",
+                                  "message": f"At most {cap} items per batch; this one has {cap + extra}."}]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(("item", "per_item"), [
+    ({}, 4),  # 4 required fields missing: stops after exactly 25 items
+    ({"external_id": "", "amount_cents": True, "pix_key": "k"}, 4),
+    ({"external_id": "e", "user_id": "u", "amount_cents": 0}, 2),
+    ({"external_id": "e", "user_id": "u", "amount_cents": -1, "pix_key": "a@b.com", "x": 1}, 2),
+    ({"user_id": "u", "amount_cents": 0, "pix_key": "k"}, 3),  # 34 items x 3 = 102 collected, 100 shown
+])
+def test_many_invalid_items_report_at_most_the_error_cap(app, client, item, per_item):
+    items = [item] * app.config["PAYOUTS_MAX_ITEMS"]
     problem = assert_problem(client.post("/api/payouts", data=body(items=items),
                                          content_type="application/json"), 422)
-    assert len(problem["errors"]) == 100
-    assert "Showing the first 100" in problem["detail"]
+    assert len(problem["errors"]) == MAX_FIELD_ERRORS
+    checked = -(-MAX_FIELD_ERRORS // per_item)  # items validated before collection stopped
+    assert {e["field"].split(".")[1] for e in problem["errors"]} <= {str(i) for i in range(checked)}
+    assert problem["detail"].startswith("At least ")
+    assert f"items {checked} to {len(items) - 1} of {len(items)} were not checked" in problem["detail"]
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_few_invalid_items_are_all_reported_without_a_note(client):
+    items = [{**item_with(external_id=f"e{i}"), "amount_cents": 0 if i % 2 else 1} for i in range(40)]
+    problem = assert_problem(client.post("/api/payouts", data=body(items=items),
+                                         content_type="application/json"), 422)
+    assert field_paths(problem) == {f"items.{i}.amount_cents" for i in range(1, 40, 2)}
+    assert problem["detail"] == "20 field(s) are invalid."
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(("raw", "path"), [
+    (body(**{f"x{i}": i for i in range(MAX_OBJECT_KEYS - 1)}), "body"),
+    (body(items=[{**good_item(), **{f"x{i}": i for i in range(MAX_OBJECT_KEYS - 3)}}]), "items.0"),
+])
+def test_an_object_with_too_many_keys_is_one_error(client, raw, path):
+    problem = assert_problem(client.post("/api/payouts", data=raw, content_type="application/json"), 422)
+    assert problem["errors"] == [{"field": path, "message": f"At most {MAX_OBJECT_KEYS} fields in an "
+                                                            f"object; this one has {MAX_OBJECT_KEYS + 1}."}]
+
+
+def largest_valid_item() -> dict:
+    """Every field at its longest: 64-char ids, the amount cap the production guard allows
+    (1,499,999 x 1,000: 10 digits), a 100-character key (a phone's separators count), a type."""
+    key = "+55 (11) 9" + " " * (MAX_RAW_LENGTH - 19) + "1234-5678"
+    assert len(key) == MAX_RAW_LENGTH and parse_pix_key(key).value == "+5511912345678"
+    return {"external_id": "e" * 64, "user_id": "u" * 64, "amount_cents": 1_499_999_000,
+            "pix_key": key, "pix_key_type": "phone"}
+
+
+def test_the_default_body_cap_fits_the_largest_valid_batch_and_little_more():
+    """MAX_CONTENT_LENGTH is sized from the item cap: the largest valid batch, pretty-printed
+    (json.dumps indent=2, 372 bytes an item), fits with headroom of at most a quarter."""
+    defaults = Settings.from_env({})
+    item = largest_valid_item()
+    with Context({"max_items": defaults.max_items, "max_amount_cents": item["amount_cents"]}):
+        BatchRequestSchema().load({"batch_id": "b" * 64, "items": [item]})  # it is valid
+    one = len(json.dumps({"batch_id": "b" * 64, "items": [item]}, indent=2))
+    two = len(json.dumps({"batch_id": "b" * 64, "items": [item, item]}, indent=2))
+    largest_batch = one + (defaults.max_items - 1) * (two - one)
+    assert largest_batch <= defaults.max_body_bytes <= 1.25 * largest_batch
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_a_body_just_over_the_default_cap_is_413(app, client):
+    cap = Settings.from_env({}).max_body_bytes
+    assert app.config["MAX_CONTENT_LENGTH"] == cap
+    head = empty_items((cap - 100) // 3)[:-2]
+
+    def padded(size: int) -> bytes:  # valid JSON of exactly `size` bytes
+        return head + b" " * (size - len(head) - 2) + b"]}"
+
+    assert_problem(client.post("/api/payouts", data=padded(cap + 1), content_type="application/json"), 413)
+    assert_problem(client.post("/api/payouts", data=padded(cap), content_type="application/json"), 422)
 
 
 @pytest.mark.usefixtures("unchanged")
