@@ -122,7 +122,8 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
         return _done(outcome, context, started, level=logging.WARNING)
     since_call_s = time.time() - decision.called_ms / 1000
     if transfer is None and since_call_s >= provider.final_deadline_s:
-        outcome = store.record_failed(ref, index, code, reason)
+        outcome = store.record_failed(ref, index, code, f"{reason}; no transfer exists "
+                                      f"{provider.final_deadline_s:g} s after the last call")
         return _done(outcome, context, started, level=logging.WARNING)
     SETTLE_RETRIES.labels("unknown").inc()
     log.warning("settle outcome unknown; asking the provider again",
