@@ -131,6 +131,9 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not _PRODUCT_ENV.match(k)}
         env.update({
             "REDIS_URL": self.redis_url,
+            # Measured as deployed: the production guard on, with a generated key (no example key,
+            # no fault hook, auth on).
+            "PAYOUTS_ENV": "production",
             "PAYOUTS_RATELIMIT_ENABLED": "false",
             "PAYOUTS_API_KEYS": f"bench:{self.api_key}",
             "WORKER_CONCURRENCY": str(self.concurrency),

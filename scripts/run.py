@@ -3,6 +3,8 @@
 When nothing answers at REDIS_URL and it names this machine, a private redis-server is started
 on that port (data in var/redis) and stopped again on exit, so a machine with only Python can
 run the product. Settings come from the environment, then `.env` (which wins, as in honcho).
+What it starts runs as PAYOUTS_ENV=development unless that is set, with an API key and a Flower
+login generated for the run when none is configured.
 """
 
 from __future__ import annotations
@@ -82,9 +84,20 @@ def ensure_dev_api_key(env: dict[str, str]) -> None:
     say(f"  export PAYOUTS_API_KEY={key}   # for the payouts CLI; curl -H 'Authorization: Bearer {key}'")
 
 
+def ensure_flower_login(env: dict[str, str]) -> None:
+    """No FLOWER_BASIC_AUTH configured: make a login for this run and show it (Flower has no default)."""
+    if env.get("FLOWER_BASIC_AUTH"):
+        return
+    password = secrets.token_urlsafe(18)
+    env["FLOWER_BASIC_AUTH"] = f"dev:{password}"  # Flower reads it from its environment, not argv
+    say(f"Flower login for this run: user dev, password {password}")
+
+
 def main() -> int:
     env = load_env()
+    env["PAYOUTS_ENV"] = env.get("PAYOUTS_ENV") or "development"
     ensure_dev_api_key(env)
+    ensure_flower_login(env)
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:

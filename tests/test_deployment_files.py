@@ -6,21 +6,33 @@ executables and command-line options, each against the code or the installed too
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 from honcho.environ import parse as parse_dotenv
 from honcho.environ import parse_procfile
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from payouts_tasks.settings import Settings
+from payouts_cli.local_redis import find_redis_server, free_port
+from payouts_tasks.settings import EXAMPLE_API_KEYS, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-VAR_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*))?\}")
+# ${NAME}, ${NAME:-default} (group 2: the default) or ${NAME:?message} (required: group 3).
+VAR_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*)|:?\?([^}]*))?\}")
+# Variables only docker-compose.yml reads (not the code, not the Procfile).
+COMPOSE_ONLY = {"REDIS_PASSWORD", "PUBLISH_ADDR"}
+SECRET_NAME = re.compile(r"PASSWORD|BASIC_AUTH|SECRET|API_KEYS?$")
 DOTENV_LINE = re.compile(r"^#?\s*([A-Z_][A-Z0-9_]*)=", re.MULTILINE)
 
 
@@ -48,12 +60,18 @@ def cli_vars() -> set[str]:
 
 
 def with_defaults(command: str) -> list[str]:
-    """The command as a shell would run it with none of its variables set."""
-    return shlex.split(VAR_REF.sub(lambda m: m.group(2) or "", command))
+    """The command as a shell would run it with none of its variables set: what it finally execs
+    (after `&& exec`, when a guard comes first)."""
+    argv = shlex.split(VAR_REF.sub(lambda m: m.group(2) or "", command))
+    return argv[argv.index("exec") + 1:] if "exec" in argv else argv
 
 
 def compose() -> dict:
     return yaml.safe_load(read("docker-compose.yml"))
+
+
+def compose_vars() -> set[str]:
+    return {m.group(1) for m in VAR_REF.finditer(read("docker-compose.yml"))}
 
 
 def test_settings_regex_finds_the_settings():
@@ -68,11 +86,12 @@ def test_env_example_lists_every_setting():
     listed = set(DOTENV_LINE.findall(read(".env.example")))
     assert settings_vars() - listed == set()
     assert procfile_vars() - listed == set()
+    assert compose_vars() - listed == set()
 
 
 def test_env_example_names_only_known_variables():
     listed = set(DOTENV_LINE.findall(read(".env.example")))
-    assert listed - (settings_vars() | procfile_vars() | cli_vars()) == set()
+    assert listed - (settings_vars() | procfile_vars() | cli_vars() | compose_vars()) == set()
 
 
 def test_env_example_values_are_the_defaults():
@@ -80,7 +99,7 @@ def test_env_example_values_are_the_defaults():
     assert Settings.from_env(values) == Settings.from_env({})
     for cmd in procfile().values():
         for m in VAR_REF.finditer(cmd):
-            assert values[m.group(1)] == m.group(2), m.group(1)
+            assert values.get(m.group(1)) == m.group(2), m.group(1)  # required ones: no value
 
 
 # --- Procfile -------------------------------------------------------------------------------------
@@ -174,7 +193,7 @@ def test_compose_redis_is_durable_and_never_evicts():
     assert redis["image"].startswith("redis:7")
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
-    assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     volume = redis["volumes"][0].split(":")[0]
     assert volume in doc["volumes"]
 
@@ -184,7 +203,8 @@ def test_compose_app_services_share_the_image_and_wait_for_redis(service):
     spec = compose()["services"][service]
     assert spec["build"] == "."
     assert spec["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert spec["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    url = spec["environment"]["REDIS_URL"]
+    assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url)
 
 
 def test_compose_worker_can_scale():
@@ -205,9 +225,10 @@ def test_compose_commands_match_the_procfile():
 def test_compose_names_only_known_variables():
     text = read("docker-compose.yml")
     named = {m.group(1) for m in VAR_REF.finditer(text)}
-    for spec in compose()["services"].values():
-        named |= set(spec.get("environment") or {})
-    assert named - (settings_vars() | procfile_vars()) == set()
+    for name, spec in compose()["services"].items():
+        if name != "redis":  # the redis image's own variables (REDIS_PASSWORD, REDISCLI_AUTH)
+            named |= set(spec.get("environment") or {})
+    assert named - (settings_vars() | procfile_vars() | COMPOSE_ONLY) == set()
 
 
 def test_compose_env_file_is_optional():
@@ -232,3 +253,140 @@ def test_dockerfile_copies_files_that_exist():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+# --- safe defaults (issue 10): no default password, secrets out of argv, loopback ports -----------
+
+DEPLOY_FILES = ("Procfile", "docker-compose.yml", ".env.example", "Dockerfile")
+
+
+def test_settings_default_to_production():
+    assert Settings.from_env({}).environment == "production"
+    assert "# PAYOUTS_ENV=production" in read(".env.example").splitlines()
+
+
+def test_example_key_of_env_example_is_refused_in_production():
+    """EXAMPLE_API_KEYS must hold the key .env.example shows, or the guard checks a stale value."""
+    line = next(line for line in read(".env.example").splitlines() if line.startswith("# PAYOUTS_API_KEYS="))
+    pairs = line.partition("=")[2]
+    assert {pair.partition(":")[2] for pair in pairs.split(",")} <= set(EXAMPLE_API_KEYS)
+    with pytest.raises(SettingsError, match="PAYOUTS_API_KEYS"):
+        Settings.from_env({"PAYOUTS_API_KEYS": pairs})
+
+
+@pytest.mark.parametrize("name", DEPLOY_FILES)
+def test_no_default_password(name):
+    text = read(name)
+    assert "admin:admin" not in text and "--basic-auth" not in text and "--requirepass" not in text
+    for m in VAR_REF.finditer(text):
+        if SECRET_NAME.search(m.group(1)):
+            assert m.group(2) is None, f"{name} gives {m.group(1)} a default"
+    for key, value in parse_dotenv(text).items() if name == ".env.example" else ():
+        assert not (SECRET_NAME.search(key) and value), f".env.example sets {key}"
+    if name == "Dockerfile":
+        assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|BASIC_AUTH|API_KEY)", text, re.MULTILINE)
+
+
+def test_readme_shows_no_default_password():
+    assert "admin:admin" not in read("README.md")
+
+
+def test_flower_credentials_never_on_the_command_line():
+    """Flower reads FLOWER_BASIC_AUTH itself; argv would show the password in `ps`."""
+    flower = compose()["services"]["flower"]
+    for command in (procfile()["flower"], flower["command"]):
+        argv = with_defaults(command)
+        assert argv[:4] == ["celery", "-A", "payouts_tasks", "flower"]
+        assert not any("auth" in arg or "FLOWER_BASIC_AUTH" in arg for arg in argv), argv
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", flower["environment"]["FLOWER_BASIC_AUTH"])
+
+
+def test_flower_reads_basic_auth_from_its_environment(monkeypatch):
+    from flower.command import apply_env_options
+    from flower.options import options
+
+    for name in [name for name in os.environ if name.startswith("FLOWER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret,audit:other")
+    before = options.basic_auth
+    try:
+        apply_env_options()
+        assert options.basic_auth == ["ops:s3cret", "audit:other"]
+    finally:
+        options.basic_auth = before
+
+
+def run_procfile_flower(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """The Procfile's flower line under sh, as honcho runs it, with a stand-in `celery`."""
+    fake = tmp_path / "celery"
+    fake.write_text('#!/bin/sh\necho "argv: $*" > "$0.out"\necho "auth: $FLOWER_BASIC_AUTH" >> "$0.out"\n')
+    fake.chmod(0o755)
+    return subprocess.run(["/bin/sh", "-c", procfile()["flower"]], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env}, timeout=10)
+
+
+def test_procfile_flower_refuses_to_start_without_basic_auth(tmp_path):
+    refused = run_procfile_flower(tmp_path)
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
+    assert not (tmp_path / "celery.out").exists()
+
+    started = run_procfile_flower(tmp_path, FLOWER_BASIC_AUTH="ops:s3cret")
+    assert started.returncode == 0, started.stderr
+    out = (tmp_path / "celery.out").read_text()
+    assert "argv: -A payouts_tasks flower --port=5555\n" in out and "auth: ops:s3cret" in out
+
+
+@pytest.mark.parametrize("service", ["api", "flower"])
+def test_compose_publishes_on_loopback_by_default(service):
+    ports = compose()["services"][service]["ports"]
+    assert ports
+    for port in ports:
+        published = VAR_REF.sub(lambda m: m.group(2) or "", port)
+        assert published.startswith("127.0.0.1:"), port
+
+
+def test_compose_publishes_no_other_service():
+    services = compose()["services"]
+    assert {name for name, spec in services.items() if "ports" in spec} == {"api", "flower"}
+
+
+def test_compose_redis_requires_a_password_it_never_puts_in_argv():
+    redis = compose()["services"]["redis"]
+    env = redis["environment"]
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", env["REDIS_PASSWORD"])
+    assert env["REDISCLI_AUTH"] == env["REDIS_PASSWORD"]  # the healthcheck's redis-cli logs in
+    assert "grep -q PONG" in " ".join(redis["healthcheck"]["test"])  # NOAUTH also exits 0
+
+
+def test_compose_redis_command_runs_with_the_password_from_stdin(tmp_path):
+    """Run the redis service's command with a real redis-server: it answers only with the password,
+    and its command line (what `ps` shows) does not hold the password."""
+    argv = compose()["services"]["redis"]["command"]
+    script = argv[2].replace("$$", "$")  # compose's escape for a literal $
+    port = free_port()
+    entrypoint = tmp_path / "docker-entrypoint.sh"  # the image's: runs redis-server (as user redis)
+    entrypoint.write_text(f'#!/bin/sh\nshift\nexec "{find_redis_server()}" --port {port} '
+                          f'--dir "{tmp_path}" --bind 127.0.0.1 "$@"\n')
+    entrypoint.chmod(0o755)
+    password = "0123abcd" * 4
+    proc = subprocess.Popen([*argv[:2], script], env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                                                      "REDIS_PASSWORD": password},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # plain connects: redis-py would retry a refused one with seconds of backoff
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        client = redis.Redis(port=port, password=password)
+        assert client.ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, retry=Retry(NoBackoff(), 0)).ping()
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
