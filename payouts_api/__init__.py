@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from payouts_api.auth import require_api_key
-from payouts_api.extensions import limiter
+from payouts_api.extensions import init_limiter
 from payouts_api.health import bp as health_bp
 from payouts_api.metrics import bp as metrics_bp
 from payouts_api.openapi import init_docs
@@ -26,16 +26,15 @@ def create_app(test_config: dict | None = None) -> Flask:
         PAYOUTS_MAX_AMOUNT_CENTS=settings.max_amount_cents,
         PAYOUTS_RATELIMIT_WRITE=settings.ratelimit_write,
         PAYOUTS_RATELIMIT_READ=settings.ratelimit_read,
+        PAYOUTS_RATELIMIT_UNAUTHENTICATED=settings.ratelimit_unauthenticated,
         PAYOUTS_API_KEYS=settings.api_keys,
         PAYOUTS_AUTH_DISABLED=settings.auth_disabled,
         PAYOUTS_READYZ_TIMEOUT_S=settings.readyz_timeout_s,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
-        RATELIMIT_HEADERS_ENABLED=True,
-        RATELIMIT_HEADER_LIMIT="RateLimit-Limit",
-        RATELIMIT_HEADER_REMAINING="RateLimit-Remaining",
-        RATELIMIT_HEADER_RESET="RateLimit-Reset",
+        # extensions.init_limiter writes the limit headers itself (see there why).
+        RATELIMIT_HEADERS_ENABLED=False,
         # A limiter storage outage must not take the API down with it: fail open, and let the
         # handlers answer 503 if Redis is really gone.
         RATELIMIT_SWALLOW_ERRORS=True,
@@ -50,7 +49,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
         app.config["PAYOUTS_STORE_URL"], socket_timeout=5, socket_connect_timeout=2)
-    limiter.init_app(app)
+    init_limiter(app)
     register_error_handlers(app)
     init_request_context(app)
     app.before_request(require_api_key)

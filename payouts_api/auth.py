@@ -36,9 +36,14 @@ def identify(key: str, keys: tuple[tuple[str, str], ...]) -> str | None:
     return match
 
 
+def needs_key() -> bool:
+    """Whether the route asked for answers only to a client with a key."""
+    return request.blueprint in PROTECTED_BLUEPRINTS
+
+
 def require_api_key() -> None:
     """before_request hook: sets g.client_name, or answers 401 problem+json."""
-    if request.blueprint not in PROTECTED_BLUEPRINTS:
+    if not needs_key():
         return
     if current_app.config["PAYOUTS_AUTH_DISABLED"]:
         g.client_name = ANONYMOUS

@@ -27,11 +27,36 @@ from payouts_tasks import app as celery_app
 
 bp = Blueprint("metrics", __name__)
 
-HTTP_REQUESTS = Counter("payouts_http_requests_total", "HTTP requests by route, method and status.",
-                        ["route", "method", "status"])
-HTTP_SECONDS = Histogram("payouts_http_request_duration_seconds", "HTTP request latency by route.",
-                         ["route", "method"],
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+                          "TRACE"})
+
+
+class _BoundedMethodLabel:
+    """Clients choose the method, and every new label value is a new time series kept for the
+    life of the process: a method outside HTTP's standard set is counted as "other". (The route
+    label is already bounded: the matched rule, or "unmatched".)"""
+
+    def labels(self, *values, **named):
+        named = named or dict(zip(self._labelnames, values, strict=True))
+        if named["method"] not in HTTP_METHODS:
+            named["method"] = "other"
+        return super().labels(**named)
+
+
+class _HttpCounter(_BoundedMethodLabel, Counter):
+    pass
+
+
+class _HttpHistogram(_BoundedMethodLabel, Histogram):
+    pass
+
+
+HTTP_REQUESTS = _HttpCounter("payouts_http_requests_total",
+                             "HTTP requests by route, method and status.",
+                             ["route", "method", "status"])
+HTTP_SECONDS = _HttpHistogram("payouts_http_request_duration_seconds",
+                              "HTTP request latency by route.", ["route", "method"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BATCHES_ACCEPTED = Counter("payouts_batches_accepted_total", "Batches accepted (202).")
 ITEMS_ACCEPTED = Counter("payouts_items_accepted_total", "Items in accepted batches.")
 

@@ -91,10 +91,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):
-        response = problem_response(429, "Too many requests",
-                                    f"Rate limit exceeded: {exc.description}.")
-        # flask-limiter adds Retry-After and RateLimit-* when it injects headers after the request.
-        return response
+        # Retry-After and RateLimit-* are added after the request by extensions._limit_headers.
+        return problem_response(429, "Too many requests", f"Rate limit exceeded: {exc.description}.")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

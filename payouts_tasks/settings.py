@@ -122,6 +122,7 @@ class Settings:
     ratelimit_enabled: bool
     ratelimit_write: str
     ratelimit_read: str
+    ratelimit_unauthenticated: str
     settle_max_attempts: int
     retry_backoff_base_s: float
     retry_backoff_max_s: float
@@ -197,6 +198,7 @@ class Settings:
             ratelimit_enabled=_bool(env, "PAYOUTS_RATELIMIT_ENABLED", True),
             ratelimit_write=env.get("PAYOUTS_RATELIMIT_WRITE") or "20 per 10 seconds;100 per minute",
             ratelimit_read=env.get("PAYOUTS_RATELIMIT_READ") or "200 per 10 seconds;1000 per minute",
+            ratelimit_unauthenticated=env.get("PAYOUTS_RATELIMIT_UNAUTHENTICATED") or "30 per minute",
             settle_max_attempts=_int(env, "PAYOUTS_SETTLE_MAX_ATTEMPTS", 6, minimum=1),
             retry_backoff_base_s=backoff_base,
             retry_backoff_max_s=backoff_max,
