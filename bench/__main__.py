@@ -19,15 +19,16 @@ from rich.console import Console
 from bench.processes import ROOT, BenchError, Stack
 from bench.profiling import Profiler
 from bench.report import code_state, floor_ratios, machine_info, render, write_json
-from bench.scenarios import FULL, QUICK, SCENARIOS, Bench
+from bench.scenarios import DEFAULT_SCENARIOS, FULL, QUICK, SCENARIOS, Bench
 from payouts_tasks.settings import Settings
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI (seconds)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated subset of: {', '.join(SCENARIOS)} "
+                             f"(default: {', '.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                         help="where to write the results (default bench/results/latest.json)")
     parser.add_argument("--concurrency", type=int, default=Settings.from_env({}).worker_concurrency,

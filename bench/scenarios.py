@@ -1,11 +1,13 @@
 """The scenarios of issue 5. Each one returns rows; every batch it posts is checked to the last item.
 
 Items/s end to end = items / (POST sent -> GET answers `completed`), polling GET every ~100 ms.
+`hostile` (issue 10) posts bodies that must be refused and measures seconds per MB refused.
 """
 
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -26,6 +29,7 @@ from bench.processes import Stack
 from bench.profiling import Profiler
 from bench.report import Row
 from bench.sampling import Sampler
+from payouts_tasks.settings import Settings
 
 POLL_S = 0.1
 FINAL = ("paid", "failed", "duplicate")
@@ -44,12 +48,13 @@ class Sizes:
     seed_latency_ms: str
     small_items: int = 3
     retry_backoff: dict = field(default_factory=dict)
+    hostile_runs: int = 3
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
-              floor_items=50, seed_latency_ms="0-10",
+              floor_items=50, seed_latency_ms="0-10", hostile_runs=1,
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -81,6 +86,56 @@ def make_batch(batch_id: str, items: int) -> dict:
         {"external_id": f"{batch_id}-{i}", "user_id": f"user-{i % 997}",
          "amount_cents": 100 + (i * 7919) % 99_900, "pix_key": str(uuid.uuid4())}
         for i in range(items)]}
+
+
+def _json_list(head: bytes, element: bytes, size: int) -> tuple[bytes, int]:
+    """`head` + copies of `element`, comma-separated, + `]}`: as many as fit in `size` bytes."""
+    count = max(1, (size - len(head) - 2) // (len(element) + 1))
+    return head + b",".join([element] * count) + b"]}", count
+
+
+def _unknown_keys_item(size: int) -> bytes:
+    """One item with as many distinct unknown keys as fit in `size` bytes."""
+    parts, used = [], 40
+    while used < size - 20:
+        parts.append(b'"k%d":0' % len(parts))
+        used += len(parts[-1]) + 1
+    return b'{"batch_id":"hostile","items":[{' + b",".join(parts) + b"}]}"
+
+
+def post_announcing(url: str, length: int, headers: dict[str, str]) -> int:
+    """A POST that announces `length` bytes and sends none: the server must refuse it from the
+    header alone (answering before the body would also close the connection under `requests`)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.putrequest("POST", parts.path)
+        for name, value in {**headers, "Content-Type": "application/json",
+                            "Content-Length": str(length)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def hostile_bodies(max_items: int, max_body: int) -> list[tuple[str, bytes, int, int]]:
+    """(name, body, items, expected status): what a hostile client may POST; nothing is accepted.
+
+    The issue's 3 MB of `{}` took 49 s before items were counted ahead of their validation.
+    """
+    head = b'{"batch_id":"hostile","items":['
+    bad_key = json.dumps({"external_id": "e", "user_id": "u", "amount_cents": 100,
+                          "pix_key": "+5520912345678"}).encode()  # area code 20 is not assigned
+    last_bad = make_batch("hostile", max_items)
+    last_bad["items"][-1]["amount_cents"] = 0  # every item is validated, only the last is refused
+    return [("empty-items-1MB", *_json_list(head, b"{}", 1_000_000), 422),
+            ("empty-items-3MB", *_json_list(head, b"{}", 3_000_000), 422),
+            ("empty-items-max", *_json_list(head, b"{}", max_body), 422),
+            ("bad-keys-max-items", *_json_list(head, bad_key, (len(bad_key) + 1) * max_items + 40), 422),
+            ("last-item-bad", json.dumps(last_bad).encode(), max_items, 422),
+            ("unknown-keys-max", _unknown_keys_item(max_body), 1, 422),
+            ("over-cap", *_json_list(head, b"{}", max_body + 3), 413)]  # sent as headers only
 
 
 def check_report(report: dict, items: int) -> tuple[dict, list[str]]:
@@ -322,6 +377,41 @@ class Bench:
         self.stack.stop_workers()
         return row
 
+    def hostile(self) -> list[Row]:
+        """POST bodies that must be refused (issue 10): seconds per request and per MB refused."""
+        defaults = Settings.from_env({})  # the harness drops PAYOUTS_*: the API runs the defaults
+        url = f"{self.stack.api_url}/api/payouts"
+        keys_before = sum(1 for _ in self.redis.scan_iter("payouts:*", count=1000))
+        rows = []
+        for name, raw, items, expected in hostile_bodies(defaults.max_items, defaults.max_body_bytes):
+            scenario, latencies, problems = f"hostile-{name}", [], []
+            with self.measure(scenario) as sampler:
+                for _ in range(self.sizes.hostile_runs):
+                    started = time.perf_counter()
+                    if expected == 413:
+                        status, text = post_announcing(url, len(raw), self.stack.auth_headers), ""
+                    else:
+                        response = self.http.post(url, data=raw, timeout=300,
+                                                  headers={"Content-Type": "application/json"})
+                        status, text = response.status_code, response.text[:200]
+                    latencies.append(time.perf_counter() - started)
+                    if status != expected:
+                        problems.append(f"answered {status}, expected {expected}: {text}")
+            seconds, mb = statistics.median(latencies), len(raw) / 1e6
+            cpu = sampler.usage.cpu_s
+            row = Row(scenario, items, seconds, post_ms=[t * 1000 for t in latencies],
+                      usage=vars(sampler.usage), problems=problems, completed=not problems, notes=[
+                          f"{mb:.2f} MB -> {expected}, {seconds / mb:.3f} s per MB refused",
+                          f"median of {len(latencies)}; CPU % of a core: "
+                          + " ".join(f"{k} {cpu[k + '_pct']}" for k in ("api", "bench", "other"))])
+            row.extra.update(body_bytes=len(raw), seconds_per_mb=round(seconds / mb, 4))
+            rows.append(row)
+        if sum(1 for _ in self.redis.scan_iter("payouts:*", count=1000)) != keys_before:
+            rows[-1].problems.append("a refused body wrote payouts:* keys")
+            rows[-1].completed = False
+        self.rows.extend(rows)
+        return rows
+
 
 SCENARIOS = {
     "seed-profile": Bench.seed_profile,
@@ -330,4 +420,6 @@ SCENARIOS = {
     "get": Bench.get,
     "scale": Bench.scale,
     "floor": Bench.floor,
+    "hostile": Bench.hostile,
 }
+DEFAULT_SCENARIOS = [name for name in SCENARIOS if name != "hostile"]  # hostile: on request (issue 10)
