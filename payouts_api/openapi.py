@@ -61,7 +61,7 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
         "415": _problem("Body is not application/json."),
         "422": _problem("Invalid fields; `errors` lists each field path."),
         "429": _problem("Rate limited; see Retry-After.", retry_after=True),
-        "503": _problem("Redis or the broker is down; nothing was accepted.", retry_after=True),
+        "503": _problem("Redis or the broker is down; nothing was accepted."),
     }
     submit = {
         "summary": "Submit a batch of payouts",

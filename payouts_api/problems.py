@@ -36,7 +36,8 @@ class Problem(Exception):
 def problem_response(status: int, title: str, detail: str, errors: list | None = None,
                      headers: dict | None = None):
     body = {"type": f"/problems/{PROBLEM_TYPES.get(status, 'error')}", "title": title,
-            "status": status, "detail": detail, "instance": request.path}
+            "status": status, "detail": detail,
+            "instance": request.path[:MAX_FIELD_PATH]}  # the path may be the client's huge text
     if errors is not None:
         body["errors"] = errors
     response = jsonify(body)
@@ -105,7 +106,7 @@ def register_error_handlers(app: Flask) -> None:
         log.error("backing service unavailable: %s", exc)
         return problem_response(503, "Service unavailable",
                                 "Redis or the broker is not answering; nothing was accepted. "
-                                "Retry later.", headers={"Retry-After": "5"})
+                                "Retry later.")  # no Retry-After: only a 429 carries one (SPEC §9)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -10,6 +10,7 @@ from payouts_tasks.settings import SettingsError
 
 KEY = "tests-key-0123456789"
 ROTATED = "rotated-key-0123456789"
+OTHER = "other-key-0123456789"
 
 
 def bearer(key: str) -> dict:
@@ -57,17 +58,19 @@ def test_app_refuses_to_start_without_keys():
 
 def test_rate_limits_are_per_key(uid):
     app = create_app({"TESTING": True, "RATELIMIT_ENABLED": True,
-                      "PAYOUTS_RATELIMIT_READ": "3 per minute"})
+                      "PAYOUTS_RATELIMIT_READ": "4 per minute"})  # a budget no other test uses
     client = app.test_client()
     path = f"/api/payouts/nope-{uid}"
-    first = [client.get(path, headers=bearer(KEY)).status_code for _ in range(4)]
-    other = [client.get(path, headers=bearer(ROTATED)).status_code for _ in range(3)]
+    first = [client.get(path, headers=bearer(KEY)).status_code for _ in range(5)]
+    other = [client.get(path, headers=bearer(OTHER)).status_code for _ in range(4)]
+    rotated = client.get(path, headers=bearer(ROTATED))
 
-    assert first == [404, 404, 404, 429]
-    assert other == [404, 404, 404]  # the same address, another key: its own budget
+    assert first == [404, 404, 404, 404, 429]
+    assert other == [404, 404, 404, 404]  # the same address, another client: its own budget
+    assert rotated.status_code == 429  # the same client's other key shares its budget
     limited = client.get(path, headers=bearer(KEY))
     assert int(limited.headers["Retry-After"]) > 0
-    ok = client.get(path, headers=bearer(ROTATED))
+    ok = client.get(path, headers=bearer(OTHER))
     assert ok.status_code == 429 and "RateLimit-Limit" in ok.headers
 
 
