@@ -224,6 +224,12 @@ redis.call('SREM', KEYS[6], ARGV[2])
 return 1
 """
 
+# KEYS: batch, items, orders. One atomic read: (fingerprint, state, how many of items/orders exist).
+_EXISTING_BATCH = """
+return {redis.call('HGET', KEYS[1], 'fingerprint'), redis.call('HGET', KEYS[1], 'state'),
+        redis.call('EXISTS', KEYS[2], KEYS[3])}
+"""
+
 # KEYS: batch, open-batches set. ARGV: now, batch member. Completes the batch once every item is final.
 _COMPLETE_BATCH = """
 local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
@@ -374,6 +380,7 @@ class PayoutStore:
         self._complete = client.register_script(_COMPLETE_BATCH)
         self._take_over = client.register_script(_TAKE_OVER_PUBLISHING)
         self._discard = client.register_script(_DISCARD_BATCH)
+        self._existing = client.register_script(_EXISTING_BATCH)
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -417,13 +424,14 @@ class PayoutStore:
             while True:
                 try:
                     pipe.watch(batch_key, items_key, orders_key)
-                    existing = pipe.hmget(batch_key, "fingerprint", "state")
-                    if existing[0] is not None:
+                    found, state, others = self._existing(keys=[batch_key, items_key, orders_key],
+                                                          client=pipe)
+                    if found is not None:
                         pipe.unwatch()
-                        if _s(existing[0]) != payload_fingerprint:
+                        if _s(found) != payload_fingerprint:
                             raise BatchConflict(ref.batch_id)
-                        return False, _s(existing[1])
-                    if pipe.exists(batch_key, items_key, orders_key):
+                        return False, _s(state)
+                    if others:  # items or orders without their batch: never write into them
                         pipe.unwatch()
                         raise BatchConflict(ref.batch_id)
                     pipe.multi()

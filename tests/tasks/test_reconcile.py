@@ -105,6 +105,11 @@ def test_transfers_and_batches_are_checked_per_client(store, ledger, uid):
                pix_key="a@b.com")
     assert reconcile(store, ledger, client="acme") == []
     assert "transfer_without_client" in {d.kind for d in reconcile(store, ledger)}
+    result = CliRunner().invoke(cli, ["reconcile", "--client", "acme", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    ledger_rows = CliRunner().invoke(cli, ["ledger", "--client", "globex", "--json"])
+    rows = [t for t in json.loads(ledger_rows.stdout)["transfers"] if t["external_id"] == f"c-{uid}"]
+    assert [(t["client"], t["amount_cents"]) for t in rows] == [("globex", 1)]
 
 
 def test_an_unreadable_batch_is_reported_and_the_others_still_checked(store, ledger, redis_client, uid):

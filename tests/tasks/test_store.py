@@ -70,15 +70,16 @@ def test_claim_is_taken_once_and_resumed_by_the_same_item(store, uid):
 
 def test_two_clients_with_equal_ids_are_unrelated(store, uid):
     """Same batch id and external id under two clients: two batches, two claims, two keys."""
-    for client in ("acme", "globex"):
-        open_batch(store, ref(f"same-{uid}", client), [f"x-{uid}"], amount=1 if client == "globex" else 9)
-    acme, globex = begin(store, ref(f"same-{uid}", "acme")), begin(store, ref(f"same-{uid}", "globex"))
+    for client, amount in (("store-acme", 9), ("store-globex", 1)):
+        open_batch(store, ref(f"same-{uid}", client), [f"x-{uid}"], amount=amount)
+    acme = begin(store, ref(f"same-{uid}", "store-acme"))
+    globex = begin(store, ref(f"same-{uid}", "store-globex"))
 
     assert acme.action == globex.action == "settle"
-    assert idempotency_key("acme", f"x-{uid}", 1) != idempotency_key("globex", f"x-{uid}", 1)
-    store.record_paid(ref(f"same-{uid}", "globex"), 0, "E-globex", 1)
-    assert store.report(ref(f"same-{uid}", "acme"))["details"][0]["status"] == "processing"
-    assert store.claim("acme", f"x-{uid}")["state"] == "inflight"
+    assert idempotency_key("store-acme", f"x-{uid}", 1) != idempotency_key("store-globex", f"x-{uid}", 1)
+    store.record_paid(ref(f"same-{uid}", "store-globex"), 0, "E-globex", 1)
+    assert store.report(ref(f"same-{uid}", "store-acme"))["details"][0]["status"] == "processing"
+    assert store.claim("store-acme", f"x-{uid}")["state"] == "inflight"
 
 
 def test_outcome_is_counted_once(store, uid):
