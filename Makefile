@@ -24,10 +24,12 @@ run: redis-binary
 
 test: redis-binary
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: redis-binary
 	$(BIN)/python -m bench $(ARGS)

@@ -3,7 +3,7 @@
 Each reliability choice is here for a failure it guards against; docs/RELIABILITY.md lists them.
 """
 
-from payouts_tasks.settings import get_settings
+from payouts_core.settings import get_settings
 
 _settings = get_settings()
 

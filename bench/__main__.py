@@ -20,7 +20,7 @@ from bench.processes import ROOT, BenchError, Stack
 from bench.profiling import Profiler
 from bench.report import code_state, floor_ratios, machine_info, render, write_json
 from bench.scenarios import DEFAULT_SCENARIOS, FULL, QUICK, SCENARIOS, Bench
-from payouts_tasks.settings import Settings
+from payouts_core.settings import Settings
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from bench.processes import Stack
 from bench.profiling import Profiler
 from bench.report import Row
 from bench.sampling import Sampler
-from payouts_tasks.settings import Settings
+from payouts_core.settings import Settings
 
 POLL_S = 0.1
 FINAL = ("paid", "failed", "duplicate")

@@ -12,9 +12,9 @@ from payouts_api.openapi import init_docs
 from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
 from payouts_api.request_context import init_request_context
-from payouts_tasks.logs import configure_logging
-from payouts_tasks.settings import SettingsError, get_settings
-from payouts_tasks.store import PayoutStore
+from payouts_core.logs import configure_logging
+from payouts_core.settings import SettingsError, get_settings
+from payouts_core.store import PayoutStore
 
 
 def create_app(test_config: dict | None = None) -> Flask:

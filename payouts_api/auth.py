@@ -11,7 +11,7 @@ import hmac
 from flask import current_app, g, request
 
 from payouts_api.problems import Problem
-from payouts_tasks.settings import key_digest
+from payouts_core.settings import key_digest
 
 ANONYMOUS = "anonymous"
 # Docs, OpenAPI and health checks stay open; money and metrics need a key.

@@ -11,9 +11,9 @@ from payouts_api.extensions import limiter
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
 from payouts_api.problems import MAX_FIELD_ERRORS, Problem
 from payouts_api.schemas import BatchIdSchema, BatchRequestSchema
+from payouts_core.pix_keys import mask_pix_key
+from payouts_core.store import BatchConflict, BatchRef, ExternalIdReused, Order, fingerprint
 from payouts_tasks.batches import accept_batch
-from payouts_tasks.pix_keys import mask_pix_key
-from payouts_tasks.store import BatchConflict, BatchRef, ExternalIdReused, Order, fingerprint
 
 bp = Blueprint("payouts", __name__)
 _batch_schema = BatchRequestSchema()

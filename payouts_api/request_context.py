@@ -11,7 +11,7 @@ import uuid
 from flask import Flask, g, request
 
 from payouts_api.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from payouts_tasks.logs import request_id_var
+from payouts_core.logs import request_id_var
 
 log = logging.getLogger("payouts_api.request")
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

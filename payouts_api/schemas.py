@@ -15,7 +15,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, pre_load, ut
 from marshmallow.experimental.context import Context
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
-from payouts_tasks.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
+from payouts_core.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -56,7 +56,7 @@ def id_field(description: str, example: str) -> fields.String:
 
 
 class PixKeyField(fields.String):
-    """A PIX key, validated and normalised by `payouts_tasks.pix_keys`; loads as a `PixKey`.
+    """A PIX key, validated and normalised by `payouts_core.pix_keys`; loads as a `PixKey`.
 
     When the item also names a valid `pix_key_type`, the key must be of that type. Error
     messages never repeat the submitted key (personal data).

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from payouts_cli.local_redis import redact_url
-from payouts_tasks.report import summary_line
+from payouts_core.report import summary_line
 
 USER_AGENT = "payouts-cli/0.1"
 
@@ -211,9 +211,9 @@ def ledger_side():
     """
     import redis
 
-    from payouts_tasks.provider.simulated import build_provider
-    from payouts_tasks.settings import SettingsError, get_settings
-    from payouts_tasks.store import PayoutStore
+    from payouts_core.provider.simulated import build_provider
+    from payouts_core.settings import SettingsError, get_settings
+    from payouts_core.store import PayoutStore
 
     try:
         settings = get_settings()
@@ -229,7 +229,7 @@ def ledger_side():
 
 
 def _default_api_url() -> str:
-    from payouts_tasks.settings import SettingsError, get_settings
+    from payouts_core.settings import SettingsError, get_settings
 
     try:
         return get_settings().api_url
@@ -309,7 +309,7 @@ client_option = click.option("--client", metavar="NAME",
 
 
 def _transfer_client(transfer) -> str:
-    from payouts_tasks.store import parse_idempotency_key
+    from payouts_core.rules import parse_idempotency_key
 
     parsed = parse_idempotency_key(transfer.idempotency_key)
     return parsed[0] if parsed else ""
@@ -350,7 +350,7 @@ def ledger(as_json: bool, limit: int | None, client: str | None) -> None:
 @client_option
 def reconcile(batch_id: str | None, as_json: bool, client: str | None) -> None:
     """Compare reports with the provider ledger; exit 1 when anything disagrees."""
-    from payouts_tasks.reconcile import reconcile as find_discrepancies
+    from payouts_core.reconcile import reconcile as find_discrepancies
 
     with ledger_side() as (store, provider):
         try:

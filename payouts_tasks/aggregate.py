@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from payouts_core.report import summary_line
+from payouts_core.resources import get_store
+from payouts_core.store import BatchRef
 from payouts_tasks.celery_app import app
-from payouts_tasks.report import summary_line
-from payouts_tasks.resources import get_store
-from payouts_tasks.store import BatchRef
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import redis
 from celery import chord
 
+from payouts_core.store import BatchRef, ExternalIdReused, Order, PayoutStore
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.settle import settle
-from payouts_tasks.store import BatchRef, ExternalIdReused, Order, PayoutStore
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The Celery application: `celery -A payouts_tasks worker` finds it as `payouts_tasks.app`."""
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, task_postrun, task_prerun
 
-from payouts_tasks.logs import configure_logging
-from payouts_tasks.settings import get_settings
+from payouts_core.logs import configure_logging, task_context_var
+from payouts_core.settings import get_settings
 
 app = Celery(
     "payouts_tasks",
@@ -19,3 +19,14 @@ def _json_logs(**_kwargs) -> None:
     """Workers and beat log JSON lines like the API (connecting here replaces Celery's setup)."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+
+
+@task_prerun.connect
+def _log_task_context(task_id=None, task=None, **_kwargs) -> None:
+    """Every log line of a task carries its id and name."""
+    task_context_var.set({"task_id": task_id, "task_name": task.name})
+
+
+@task_postrun.connect
+def _clear_task_context(**_kwargs) -> None:
+    task_context_var.set(None)

@@ -12,8 +12,8 @@ import logging
 import os
 from functools import lru_cache
 
-from payouts_tasks.resources import store_client
-from payouts_tasks.settings import RELAXED_ENVIRONMENTS, Settings, get_settings
+from payouts_core.resources import store_client
+from payouts_core.settings import RELAXED_ENVIRONMENTS, Settings, get_settings
 
 log = logging.getLogger(__name__)
 

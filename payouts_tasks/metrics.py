@@ -11,7 +11,7 @@ import logging
 from celery.signals import worker_ready
 from prometheus_client import Counter, Histogram, start_http_server
 
-from payouts_tasks.settings import get_settings
+from payouts_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

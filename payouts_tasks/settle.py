@@ -12,18 +12,17 @@ import logging
 import random
 import time
 
+from payouts_core.provider import PermanentProviderError, TransientProviderError
+from payouts_core.resources import get_provider, get_store
+from payouts_core.rules import GAVE_UP_WAITING, NO_OUTCOME, Action, Verdict, idempotency_key, lookup_verdict
+from payouts_core.settings import get_settings
+from payouts_core.store import BatchRef, Decision
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES
-from payouts_tasks.provider import PermanentProviderError, TransientProviderError
-from payouts_tasks.resources import get_provider, get_store
-from payouts_tasks.settings import get_settings
-from payouts_tasks.store import BatchRef, Decision, idempotency_key
 
 log = logging.getLogger(__name__)
 
-GAVE_UP_WAITING = "INFLIGHT_TIMEOUT"
-NO_OUTCOME = "AB03"
 # While the API is still publishing a batch, wait here briefly rather than retry through the
 # broker (a retry costs ~7 ms of worker CPU and sends the item to the back of the queue).
 OPENING_POLL_S = 0.25
@@ -44,19 +43,19 @@ def settle(self, client: str, batch_id: str, index: int, waiting_since: float | 
     ref = BatchRef(client, batch_id)
     max_attempts = get_settings().settle_max_attempts
     decision = store.begin_settlement(ref, index, max_attempts)
-    if decision.action == "not_ready":
+    if decision.action == Action.NOT_READY:
         _wait_for_opening(store, ref)
         decision = store.begin_settlement(ref, index, max_attempts)
     context = {"client": client, "batch_id": batch_id, "index": index}
 
-    if decision.action in ("wait", "not_ready"):
+    if decision.action in (Action.WAIT, Action.NOT_READY):
         return _wait(self, ref, context, waiting_since, decision.waiting_on or "batch opening")
-    if decision.action not in ("settle", "lookup"):  # final, duplicate, reused or orphan
+    if decision.action not in (Action.SETTLE, Action.LOOKUP):  # final, duplicate, reused, orphan
         return _done(decision.action, context, started)
 
     order = decision.order
     context.update(external_id=order["external_id"], attempt=decision.attempts)
-    if decision.action == "lookup":
+    if decision.action == Action.LOOKUP:
         # Earlier attempts ended without an answer (worker killed, time limit, timeouts): stop
         # calling the provider and settle the item on what its ledger says for our key.
         return _settle_from_lookup(self, ref, index, decision, context, started, NO_OUTCOME,
@@ -106,34 +105,32 @@ def _wait_for_opening(store, ref: BatchRef) -> None:
 
 def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, context: dict,
                         started: float, code: str, reason: str) -> str:
-    """Settle the item on the provider's answer for our key; unknown is not failed (SPEC §5).
+    """Settle the item on the provider's answer for our key (core rule: unknown is not failed).
 
-    Settled: paid. Rejected: failed with the provider's code. No transfer once the provider's
-    final deadline has passed since our last call: failed, no money moved. Anything else (no
-    transfer yet, or still pending) keeps the claim held and the item unsettled: ask again.
+    An unknown answer keeps the claim held and the item unsettled: ask again later.
     """
     provider = get_provider()
     key = idempotency_key(ref.client, decision.order["external_id"], decision.claim_generation)
     transfer = provider.lookup(key)
+    since_call_s = time.time() - decision.called_ms / 1000
+    verdict = lookup_verdict(transfer, since_call_s, provider.final_deadline_s)
     store = get_store()
-    if transfer is not None and transfer.status == "settled":
+    if verdict == Verdict.PAID:
         outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation)
-        return _done(outcome, context, started, level=logging.WARNING)
-    if transfer is not None and transfer.status == "rejected":
+    elif verdict == Verdict.FAILED and transfer is not None:  # rejected: the provider's reason
         outcome = store.record_failed(ref, index, transfer.failure_code or code,
                                       transfer.failure_reason or reason)
-        return _done(outcome, context, started, level=logging.WARNING)
-    since_call_s = time.time() - decision.called_ms / 1000
-    if transfer is None and since_call_s >= provider.final_deadline_s:
+    elif verdict == Verdict.FAILED:
         outcome = store.record_failed(ref, index, code, f"{reason}; no transfer exists "
                                       f"{provider.final_deadline_s:g} s after the last call")
-        return _done(outcome, context, started, level=logging.WARNING)
-    SETTLE_RETRIES.labels("unknown").inc()
-    log.warning("settle outcome unknown; asking the provider again",
-                extra={**context, "outcome": "unknown"})
-    settings = get_settings()
-    countdown = max(0.1, min(settings.retry_backoff_max_s, provider.final_deadline_s - since_call_s))
-    raise task.retry(countdown=countdown * random.uniform(1.0, 1.2))
+    else:
+        SETTLE_RETRIES.labels("unknown").inc()
+        log.warning("settle outcome unknown; asking the provider again",
+                    extra={**context, "outcome": "unknown"})
+        ceiling = get_settings().retry_backoff_max_s
+        countdown = max(0.1, min(ceiling, provider.final_deadline_s - since_call_s))
+        raise task.retry(countdown=countdown * random.uniform(1.0, 1.2))
+    return _done(outcome, context, started, level=logging.WARNING)
 
 
 def _wait(task, ref: BatchRef, context: dict, waiting_since: float | None, reason: str) -> str:

@@ -17,12 +17,12 @@ import time
 
 import redis
 
+from payouts_core.resources import get_store
+from payouts_core.settings import get_settings
+from payouts_core.store import BatchRef
 from payouts_tasks.batches import publish_if_abandoned, publish_items
 from payouts_tasks.celery_app import app
 from payouts_tasks.metrics import SWEEP_ERRORS
-from payouts_tasks.resources import get_store
-from payouts_tasks.settings import get_settings
-from payouts_tasks.store import BatchRef
 
 log = logging.getLogger(__name__)
 

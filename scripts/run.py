@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from honcho.environ import parse as parse_dotenv
 
 from payouts_cli.local_redis import RedisUnavailable, is_answering, redact_url, start_redis
-from payouts_tasks.settings import Settings, SettingsError
+from payouts_core.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -152,14 +152,14 @@ def client(app):
 
 @pytest.fixture
 def store():
-    from payouts_tasks.resources import get_store
+    from payouts_core.resources import get_store
 
     return get_store()
 
 
 @pytest.fixture
 def provider():
-    from payouts_tasks.resources import get_provider
+    from payouts_core.resources import get_provider
 
     return get_provider()
 

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from payouts_cli.local_redis import find_redis_server, free_port
-from payouts_tasks.settings import EXAMPLE_API_KEYS, Settings, SettingsError
+from payouts_core.settings import EXAMPLE_API_KEYS, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,7 +42,7 @@ def read(name: str) -> str:
 
 def settings_vars() -> set[str]:
     """Every variable settings.py reads: the quoted NAMES handed to env lookups."""
-    source = read("payouts_tasks/settings.py")
+    source = read("payouts_core/settings.py")
     return set(re.findall(r"""(?:env\.get\(|_(?:int|float|bool|range_ms)\(env,\s*)"([A-Z_]+)\"""",
                           source))
 

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from payouts_api import create_app
-from payouts_tasks.settings import SettingsError
+from payouts_core.settings import SettingsError
 
 KEY = "tests-key-0123456789"
 ROTATED = "rotated-key-0123456789"

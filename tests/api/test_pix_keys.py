@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from payouts_tasks.pix_keys import (
+from payouts_core.pix_keys import (
     KEY_TYPES,
     InvalidPixKey,
     PixKey,

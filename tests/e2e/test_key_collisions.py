@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from payouts_tasks.reconcile import reconcile
+from payouts_core.reconcile import reconcile
 from tests.conftest import wait_for_report
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -273,7 +273,7 @@ def test_five_hundred_items_complete(client, provider, uid):
 
 def test_batch_left_unopened_by_a_dead_publisher_is_published_by_a_replay(client, store, uid):
     from payouts_api.schemas import BatchRequestSchema
-    from payouts_tasks.store import BatchRef, Order, fingerprint
+    from payouts_core.store import BatchRef, Order, fingerprint
 
     batch_id = f"orphaned-{uid}"
     items = [item(f"o{i}-{uid}") for i in range(3)]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from payouts_tasks.reconcile import reconcile
-from payouts_tasks.store import BatchRef
+from payouts_core.reconcile import reconcile
+from payouts_core.store import BatchRef
 from tests.conftest import OTHER_KEY, ROTATED_KEY, wait_for_report
 
 pytestmark = pytest.mark.usefixtures("worker")

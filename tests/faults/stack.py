@@ -19,9 +19,9 @@ import redis
 import requests
 
 from payouts_cli.local_redis import free_port, start_redis
-from payouts_tasks.provider.simulated import SimulatedPixProvider
-from payouts_tasks.reconcile import reconcile
-from payouts_tasks.store import BatchRef, PayoutStore
+from payouts_core.provider.simulated import SimulatedPixProvider
+from payouts_core.reconcile import reconcile
+from payouts_core.store import BatchRef, PayoutStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from payouts_tasks.store import Order, fingerprint
+from payouts_core.store import Order, fingerprint
 from tests.faults.stack import items
 
 

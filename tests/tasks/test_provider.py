@@ -15,14 +15,14 @@ from random import Random
 import pytest
 import redis
 
-from payouts_tasks.provider import (
+from payouts_core.provider import (
     PermanentProviderError,
     PixProvider,
     Transfer,
     TransientProviderError,
     simulated,
 )
-from payouts_tasks.provider.simulated import (
+from payouts_core.provider.simulated import (
     ATTEMPTS_TTL_S,
     E2E_ID_LEN,
     E2E_ID_RE,
@@ -35,7 +35,7 @@ from payouts_tasks.provider.simulated import (
     build_provider,
     make_e2e_id,
 )
-from payouts_tasks.settings import Settings
+from payouts_core.settings import Settings
 
 ISPB = "13935893"
 FIXED_NOW = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)

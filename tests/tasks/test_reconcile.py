@@ -8,9 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from payouts_cli.main import cli
-from payouts_tasks.provider.simulated import SimulatedPixProvider
-from payouts_tasks.reconcile import reconcile
-from payouts_tasks.store import BatchRef, Order, PayoutStore, batch_keys, fingerprint, idempotency_key
+from payouts_core.provider.simulated import SimulatedPixProvider
+from payouts_core.reconcile import reconcile
+from payouts_core.rules import idempotency_key
+from payouts_core.store import BatchRef, Order, PayoutStore, batch_keys, fingerprint
 
 CLIENT = "reconcile-tests"  # its deliberate discrepancies stay out of other tests
 

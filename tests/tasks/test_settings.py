@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from payouts_tasks.faults import armed_marker
-from payouts_tasks.settings import (
+from payouts_core.settings import (
     EXAMPLE_API_KEYS,
     PRODUCTION_MAX_AMOUNT_CENTS,
     Settings,
     SettingsError,
     key_digest,
 )
+from payouts_tasks.faults import armed_marker
 
 
 def test_defaults_derive_every_url_from_redis_url():

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payouts_tasks.store import (
+from payouts_core.rules import idempotency_key, parse_idempotency_key
+from payouts_core.store import (
     ALL_BATCHES,
     OPEN_BATCHES,
     STATS,
@@ -20,8 +21,6 @@ from payouts_tasks.store import (
     batch_keys,
     claim_key,
     fingerprint,
-    idempotency_key,
-    parse_idempotency_key,
 )
 
 MAX_ATTEMPTS = 6

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from payouts_tasks.store import BatchRef, Order, batch_keys, fingerprint
+from payouts_core.store import BatchRef, Order, batch_keys, fingerprint
 from payouts_tasks.sweeper import sweep
 
 

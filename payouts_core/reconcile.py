@@ -7,11 +7,12 @@ another client, a duplicate that is not the same payout, or a report that does n
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from payouts_tasks.provider import PixProvider, Transfer
-from payouts_tasks.store import BatchRef, PayoutStore, parse_idempotency_key
+from payouts_core.provider import PixProvider, Transfer
+from payouts_core.rules import counters_from_statuses, parse_idempotency_key
+from payouts_core.store import BatchRef, PayoutStore
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,7 @@ def _check_batch(batch: _Batch, batches: dict[BatchRef, _Batch], settled_by_e2e:
                  owners: dict[str, tuple[str, str]]) -> list[Discrepancy]:
     ref, report = batch.ref, batch.report
     found = []
-    statuses = Counter(d["status"] for d in report["details"])
-    expected = {"successful": statuses["paid"], "failed": statuses["failed"],
-                "duplicates": statuses["duplicate"],
-                "processed": statuses["paid"] + statuses["failed"] + statuses["duplicate"]}
+    expected = counters_from_statuses(d["status"] for d in report["details"])
     actual = {k: report[k] for k in expected}
     if actual != expected or report["total"] != len(report["details"]):
         found.append(Discrepancy("counters_mismatch", ref.client, ref.batch_id, None,

@@ -34,212 +34,34 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
 from typing import NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import redis
+
+from payouts_core.rules import (
+    COUNTER,
+    EXTERNAL_ID_REUSED,
+    FINAL_STATUSES,
+    Action,
+    encode_id,
+    payout_terms,
+)
 
 PREFIX = "payouts:"
 ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
 STATS = PREFIX + "stats"
 SWEEP_LOCK = PREFIX + "sweeper:lock"
-FINAL_STATUSES = ("paid", "failed", "duplicate")
-EXTERNAL_ID_REUSED = "EXTERNAL_ID_REUSED"
 
-# Shared Lua: decode an item, move it to a final status and bump the counters together. A final
-# item no longer needs the full PIX key: its order keeps only what reconciliation reads.
-_LUA_COMMON = """
-local FINAL = {paid=true, failed=true, duplicate=true}
-local COUNTER = {paid='successful', failed='failed', duplicate='duplicates'}
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function finish(batch_key, items_key, orders_key, idx, item, status)
-  item.status = status
-  redis.call('HSET', items_key, idx, cjson.encode(item))
-  redis.call('HINCRBY', batch_key, 'processed', 1)
-  redis.call('HINCRBY', batch_key, COUNTER[status], 1)
-  redis.call('HSET', batch_key, 'progress_ms', now_ms())
-  redis.call('HINCRBY', '$STATS', status, 1)
-  local raw = redis.call('HGET', orders_key, idx)
-  if raw then
-    local order = cjson.decode(raw)
-    if order.pix_key then
-      order.pix_key = nil
-      redis.call('HSET', orders_key, idx, cjson.encode(order))
-    end
-  end
-end
-local function reused(batch_key, items_key, orders_key, idx, item, where)
-  item.failure_code = '$REUSED'
-  item.failure_reason = 'external_id is already held by ' .. where .. ' with other terms ' ..
-    '(amount, PIX key or user_id); nothing was paid'
-  finish(batch_key, items_key, orders_key, idx, item, 'failed')
-end
-""".replace("$STATS", STATS).replace("$REUSED", EXTERNAL_ID_REUSED)
 
-# KEYS: batch, items, orders. ARGV: index, batch_id, now (ISO), now (ms), max attempts.
-# Decides what the settle task does next and takes the external_id claim atomically.
-_BEGIN_SETTLEMENT = _LUA_COMMON + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'orphan'} end
-if state == 'accepting' then return {'not_ready'} end
-local idx = ARGV[1]
-local item_raw = redis.call('HGET', KEYS[2], idx)
-if not item_raw then return {'orphan'} end
-local item = cjson.decode(item_raw)
-if FINAL[item.status] then return {'final', item.status} end
-local order_raw = redis.call('HGET', KEYS[3], idx)
-local order = cjson.decode(order_raw)
-
-if order.wait_for then
-  local w = tostring(order.wait_for)
-  local prior = cjson.decode(redis.call('HGET', KEYS[2], w))
-  if not FINAL[prior.status] then
-    return {'wait', ARGV[2], w}
-  end
-  if prior.status ~= 'failed' then
-    local prior_order = cjson.decode(redis.call('HGET', KEYS[3], w))
-    if prior_order.terms ~= order.terms then
-      reused(KEYS[1], KEYS[2], KEYS[3], idx, item, 'item ' .. w .. ' of this batch')
-      return {'reused'}
-    end
-    if prior.status == 'paid' then
-      item.duplicate_of = {batch_id=ARGV[2], index=order.wait_for, e2e_id=prior.e2e_id}
-    else
-      item.duplicate_of = prior.duplicate_of
-    end
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
-    return {'duplicate'}
-  end
-end
-
-local claim_key = order.claim
-local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen', 'e2e_id', 'terms',
-                     'called_ms')
-local mine = (c[2] == ARGV[2] and c[3] == idx)
-local where = 'batch ' .. tostring(c[2]) .. ' item ' .. tostring(c[3])
-if c[1] == 'paid' then
-  if mine then
-    item.e2e_id = c[5]
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'paid')
-    return {'final', 'paid'}
-  end
-  if c[6] ~= order.terms then
-    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
-    return {'reused'}
-  end
-  item.duplicate_of = {batch_id=c[2], index=tonumber(c[3]), e2e_id=c[5]}
-  finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
-  return {'duplicate'}
-end
-if c[1] == 'inflight' and not mine then
-  if c[6] ~= order.terms then
-    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
-    return {'reused'}
-  end
-  return {'wait', c[2], c[3]}
-end
-local gen = tonumber(c[4]) or 0
-if c[1] ~= 'inflight' then
-  gen = gen + 1
-  redis.call('HSET', claim_key, 'state', 'inflight', 'batch_id', ARGV[2], 'index', idx,
-             'gen', gen, 'claimed_at', ARGV[3], 'terms', order.terms)
-  redis.call('HDEL', claim_key, 'called_ms')
-  c[7] = false
-end
-local attempts = item.attempts or 0
-if attempts >= tonumber(ARGV[5]) then
-  -- Attempts used up: no more provider calls, only lookups of what the provider holds.
-  return {'lookup', tostring(gen), order_raw, tostring(attempts), tostring(c[7] or 0)}
-end
-item.status = 'processing'
-item.attempts = attempts + 1
-redis.call('HSET', KEYS[2], idx, cjson.encode(item))
-redis.call('HSET', claim_key, 'called_ms', ARGV[4])
-return {'settle', tostring(gen), order_raw, tostring(item.attempts), ARGV[4]}
-"""
-
-# KEYS: batch, items, orders. ARGV: index, batch_id, outcome, now, then e2e_id and claim
-# generation (paid) or failure code and reason (failed). Records the outcome once.
-_RECORD_OUTCOME = _LUA_COMMON + """
-local idx = ARGV[1]
-local raw = redis.call('HGET', KEYS[2], idx)
-local order_raw = redis.call('HGET', KEYS[3], idx)
-if not raw or not order_raw then return {'orphan'} end
-local item = cjson.decode(raw)
-local claim_key = cjson.decode(order_raw).claim
-local outcome = ARGV[3]
-if FINAL[item.status] then
-  if outcome ~= 'paid' or item.status ~= 'failed' then return {item.status} end
-  -- A late success under this item's own claim (a concurrent delivery was still paying when
-  -- another gave up): money moved, so the item is paid, unless the external_id was claimed
-  -- again since (then reconciliation reports the second payment).
-  local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen')
-  if not (c[1] == 'failed' and c[2] == ARGV[2] and c[3] == idx and c[4] == ARGV[6]) then
-    return {item.status}
-  end
-  redis.call('HINCRBY', KEYS[1], 'failed', -1)
-  redis.call('HINCRBY', KEYS[1], 'processed', -1)
-  redis.call('HINCRBY', '$STATS', 'failed', -1)
-end
-if outcome == 'paid' then
-  -- The provider settled under this item's idempotency key: the money moved for this item.
-  redis.call('HSET', claim_key, 'state', 'paid', 'batch_id', ARGV[2], 'index', idx,
-             'e2e_id', ARGV[5], 'paid_at', ARGV[4])
-  item.e2e_id = ARGV[5]
-  item.failure_code = nil
-  item.failure_reason = nil
-else
-  local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index')
-  if c[1] == 'inflight' and c[2] == ARGV[2] and c[3] == idx then
-    redis.call('HSET', claim_key, 'state', 'failed', 'failed_at', ARGV[4])
-  end
-  item.failure_code = ARGV[5]
-  item.failure_reason = ARGV[6]
-end
-finish(KEYS[1], KEYS[2], KEYS[3], idx, item, outcome)
-return {outcome}
-""".replace("$STATS", STATS)
-
-# KEYS: batch, publisher lease. ARGV: lease seconds, token. A publisher that died before opening
-# its batch leaves it `accepting`; once its lease expired, the next replay may publish it again.
-_TAKE_OVER_PUBLISHING = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'accepting' then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 1 end
-return 0
-"""
-
-# KEYS: batch, items, orders, lease, all batches, open batches. ARGV: token, batch member.
-# Deletes a batch whose publishing failed, only while its publisher still holds the lease: once
-# another process took the batch over and published it, its settle tasks may be paying.
-_DISCARD_BATCH = """
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'accepting' then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[2])
-redis.call('SREM', KEYS[6], ARGV[2])
-return 1
-"""
-
-# KEYS: batch, items, orders. One atomic read: (fingerprint, state, how many of items/orders exist).
-_EXISTING_BATCH = """
-return {redis.call('HGET', KEYS[1], 'fingerprint'), redis.call('HGET', KEYS[1], 'state'),
-        redis.call('EXISTS', KEYS[2], KEYS[3])}
-"""
-
-# KEYS: batch, open-batches set. ARGV: now, batch member. Completes the batch once every item is final.
-_COMPLETE_BATCH = """
-local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
-if not b[1] then return {'orphan'} end
-if b[1] == 'completed' then return {'completed'} end
-if tonumber(b[2]) < tonumber(b[3]) then return {'incomplete', b[2], b[3]} end
-redis.call('HSET', KEYS[1], 'state', 'completed', 'completed_at', ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-return {'completed'}
-"""
+def _lua(*names: str) -> str:
+    """Script text from payouts_core/lua/, the shared parts filled in from the Python rules."""
+    text = "".join(files("payouts_core").joinpath("lua", name).read_text() for name in names)
+    counter = "{" + ", ".join(f"{status.value}='{name}'" for status, name in COUNTER.items()) + "}"
+    return (text.replace("$COUNTER", counter).replace("$STATS", STATS)
+            .replace("$REUSED", EXTERNAL_ID_REUSED))
 
 
 class BatchConflict(Exception):
@@ -263,7 +85,7 @@ class BatchRef(NamedTuple):
     @property
     def member(self) -> str:
         """`{client}:{batch_id}`, each part encoded: the batch's entry in the batch indexes."""
-        return f"{_enc(self.client)}:{_enc(self.batch_id)}"
+        return f"{encode_id(self.client)}:{encode_id(self.batch_id)}"
 
     @classmethod
     def from_member(cls, member: str | bytes) -> BatchRef:
@@ -292,7 +114,7 @@ class Order:
 class Decision:
     """What begin_settlement decided for one item."""
 
-    action: str  # settle | lookup | wait | duplicate | reused | final | not_ready | orphan
+    action: Action
     claim_generation: int = 0
     attempts: int = 0
     order: dict | None = None
@@ -310,35 +132,8 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def payout_terms(amount_cents: int, pix_key: str, user_id: str) -> str:
-    """What makes two payouts "the same payout": a digest, so claims hold no personal data."""
-    canonical = json.dumps([amount_cents, pix_key, user_id], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-def _enc(part: str) -> str:
-    return quote(part, safe="")
-
-
-def idempotency_key(client: str, external_id: str, claim_generation: int) -> str:
-    """The provider key for one claim of one client's external_id.
-
-    A redelivered task reuses its claim's generation, so the provider returns the original
-    transfer; a later batch re-trying a failed external_id gets a new generation (new key).
-    """
-    return f"payout:{_enc(client)}:{_enc(external_id)}:{claim_generation}"
-
-
-def parse_idempotency_key(key: str) -> tuple[str, str, int] | None:
-    """(client, external_id, generation) of a key made by `idempotency_key`, else None."""
-    parts = key.split(":")
-    if len(parts) != 4 or parts[0] != "payout" or not parts[3].isdigit():
-        return None
-    return unquote(parts[1]), unquote(parts[2]), int(parts[3])
-
-
 def claim_key(client: str, external_id: str) -> str:
-    return f"{PREFIX}claim:{_enc(client)}:{_enc(external_id)}"
+    return f"{PREFIX}claim:{encode_id(client)}:{encode_id(external_id)}"
 
 
 def batch_keys(ref: BatchRef) -> tuple[str, str, str, str]:
@@ -375,12 +170,12 @@ class PayoutStore:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._begin = client.register_script(_BEGIN_SETTLEMENT)
-        self._record = client.register_script(_RECORD_OUTCOME)
-        self._complete = client.register_script(_COMPLETE_BATCH)
-        self._take_over = client.register_script(_TAKE_OVER_PUBLISHING)
-        self._discard = client.register_script(_DISCARD_BATCH)
-        self._existing = client.register_script(_EXISTING_BATCH)
+        self._begin = client.register_script(_lua("common.lua", "begin_settlement.lua"))
+        self._record = client.register_script(_lua("common.lua", "record_outcome.lua"))
+        self._complete = client.register_script(_lua("complete_batch.lua"))
+        self._take_over = client.register_script(_lua("take_over_publishing.lua"))
+        self._discard = client.register_script(_lua("discard_batch.lua"))
+        self._existing = client.register_script(_lua("existing_batch.lua"))
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -511,12 +306,12 @@ class PayoutStore:
         reply = [_s(x) for x in self._begin(
             keys=batch_keys(ref)[:3],
             args=[index, ref.batch_id, utcnow(), int(time.time() * 1000), max_attempts])]
-        action = reply[0]
-        if action in ("settle", "lookup"):
+        action = Action(reply[0])
+        if action in (Action.SETTLE, Action.LOOKUP):
             return Decision(action, claim_generation=int(reply[1]), order=json.loads(reply[2]),
                             attempts=int(reply[3]), called_ms=int(reply[4]))
-        if action == "wait":
-            return Decision("wait", waiting_on=f"{reply[1]}#{reply[2]}")
+        if action == Action.WAIT:
+            return Decision(action, waiting_on=f"{reply[1]}#{reply[2]}")
         return Decision(action)
 
     def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int) -> str:

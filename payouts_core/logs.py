@@ -14,6 +14,9 @@ from contextvars import ContextVar
 from pythonjsonlogger.json import JsonFormatter
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# Fields the running task adds to its log lines (task_id, task_name); set by payouts_tasks, so the
+# core needs no Celery. Context variables are per greenlet under gevent.
+task_context_var: ContextVar[dict | None] = ContextVar("task_context", default=None)
 
 
 class ContextFilter(logging.Filter):
@@ -23,14 +26,9 @@ class ContextFilter(logging.Filter):
         request_id = request_id_var.get()
         if request_id and not hasattr(record, "request_id"):
             record.request_id = request_id
-        try:
-            from celery import current_task
-        except ImportError:  # pragma: no cover - celery is a dependency
-            return True
-        task = current_task
-        if task and task.request and task.request.id and not hasattr(record, "task_id"):
-            record.task_id = task.request.id
-            record.task_name = task.name
+        for name, value in (task_context_var.get() or {}).items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
         return True
 
 

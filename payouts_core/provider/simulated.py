@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from payouts_tasks.pix_keys import mask_pix_key
-from payouts_tasks.provider import (
+from payouts_core.pix_keys import mask_pix_key
+from payouts_core.provider import (
     PermanentProviderError,
     PixProvider,
     Transfer,
@@ -29,7 +29,7 @@ from payouts_tasks.provider import (
 )
 
 if TYPE_CHECKING:
-    from payouts_tasks.settings import Settings
+    from payouts_core.settings import Settings
 
 DEFAULT_PREFIX = "pixsim:"
 ATTEMPTS_TTL_S = 24 * 60 * 60

@@ -11,9 +11,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from payouts_tasks.provider import PixProvider
-from payouts_tasks.settings import get_settings
-from payouts_tasks.store import PayoutStore
+from payouts_core.provider import PixProvider
+from payouts_core.settings import get_settings
+from payouts_core.store import PayoutStore
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +40,6 @@ def get_store() -> PayoutStore:
 
 @lru_cache(maxsize=1)
 def get_provider() -> PixProvider:
-    from payouts_tasks.provider.simulated import build_provider
+    from payouts_core.provider.simulated import build_provider
 
     return build_provider(get_settings(), store_client())

@@ -1,0 +1,8 @@
+-- KEYS: batch, open-batches set. ARGV: now, batch member. Completes the batch once every item is final.
+local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
+if not b[1] then return {'orphan'} end
+if b[1] == 'completed' then return {'completed'} end
+if tonumber(b[2]) < tonumber(b[3]) then return {'incomplete', b[2], b[3]} end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'completed_at', ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return {'completed'}
