@@ -13,23 +13,21 @@ from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
 from payouts_api.request_context import init_request_context
 from payouts_core.logs import configure_logging
-from payouts_core.settings import SettingsError, get_settings
+from payouts_core.settings import Settings, SettingsError, get_settings
 from payouts_core.store import PayoutStore
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    settings = get_settings()
+def create_app(test_config: dict | None = None, settings: Settings | None = None) -> Flask:
+    """The app for `settings` (default: read once from the environment).
+
+    `test_config` holds Flask's own keys (`TESTING`); our settings stay in one object, so a
+    test changes them with `dataclasses.replace(get_settings(), ...)`, never under new names.
+    """
+    settings = settings or get_settings()
     app = Flask(__name__)
     app.config.from_mapping(
-        PAYOUTS_STORE_URL=settings.store_url,
-        PAYOUTS_MAX_ITEMS=settings.max_items,
-        PAYOUTS_MAX_AMOUNT_CENTS=settings.max_amount_cents,
-        PAYOUTS_RATELIMIT_WRITE=settings.ratelimit_write,
-        PAYOUTS_RATELIMIT_READ=settings.ratelimit_read,
-        PAYOUTS_RATELIMIT_UNAUTHENTICATED=settings.ratelimit_unauthenticated,
-        PAYOUTS_API_KEYS=settings.api_keys,
-        PAYOUTS_AUTH_DISABLED=settings.auth_disabled,
-        PAYOUTS_READYZ_TIMEOUT_S=settings.readyz_timeout_s,
+        SETTINGS=settings,
+        # The names Flask and flask-limiter read, derived from the settings.
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
@@ -41,14 +39,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
-    if not app.config["PAYOUTS_API_KEYS"] and not app.config["PAYOUTS_AUTH_DISABLED"]:
+    if not settings.api_keys and not settings.auth_disabled:
         raise SettingsError("PAYOUTS_API_KEYS is empty: set name:key pairs, or "
                             "PAYOUTS_AUTH_DISABLED=true for local use only")
     if not app.testing:
         configure_logging(settings.log_level, settings.log_format)
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
-        app.config["PAYOUTS_STORE_URL"], socket_timeout=5, socket_connect_timeout=2)
+        settings.store_url, socket_timeout=5, socket_connect_timeout=2)
     init_limiter(app)
     register_error_handlers(app)
     init_request_context(app)

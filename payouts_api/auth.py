@@ -45,11 +45,11 @@ def require_api_key() -> None:
     """before_request hook: sets g.client_name, or answers 401 problem+json."""
     if not needs_key():
         return
-    if current_app.config["PAYOUTS_AUTH_DISABLED"]:
+    if current_app.config["SETTINGS"].auth_disabled:
         g.client_name = ANONYMOUS
         return
     key = presented_key()
-    name = identify(key, current_app.config["PAYOUTS_API_KEYS"]) if key else None
+    name = identify(key, current_app.config["SETTINGS"].api_keys) if key else None
     if name is None:
         raise Problem(401, "Unauthorized",
                       "Send a valid API key as 'Authorization: Bearer <key>' or 'X-API-Key'."

@@ -42,7 +42,7 @@ def _spends_address_budget(response: Response) -> bool:
 # got through once the budget is spent, the 429-or-not answer would tell a guesser which key
 # is right. Only failures and open routes spend it, so a client with a good key never does.
 UNAUTHENTICATED = ApplicationLimit(
-    limit_provider=lambda: current_app.config["PAYOUTS_RATELIMIT_UNAUTHENTICATED"],
+    limit_provider=lambda: current_app.config["SETTINGS"].ratelimit_unauthenticated,
     key_function=address_identity,
     scope="unauthenticated",
     deduct_when=_spends_address_budget,

@@ -48,7 +48,7 @@ def readyz():
     # One check at a time: callers arriving while it runs get its result instead of another ping.
     with cache.lock:
         if time.monotonic() >= cache.until:
-            cache.checks = _check_all(current_app.config["PAYOUTS_READYZ_TIMEOUT_S"])
+            cache.checks = _check_all(current_app.config["SETTINGS"].readyz_timeout_s)
             cache.until = time.monotonic() + READYZ_CACHE_S
         checks = cache.checks
     ready = all(check["ok"] for check in checks.values())

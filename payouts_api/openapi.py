@@ -101,5 +101,5 @@ def init_docs(app) -> None:
         "specs_route": DOCS_ROUTE,
         "openapi": "3.0.3",
     }
-    template = build_openapi(app.config["PAYOUTS_MAX_ITEMS"], app.config["PAYOUTS_MAX_AMOUNT_CENTS"])
+    template = build_openapi(app.config["SETTINGS"].max_items, app.config["SETTINGS"].max_amount_cents)
     Swagger(app, template=template, config=config, merge=False)

@@ -21,11 +21,11 @@ _batch_id_schema = BatchIdSchema()
 
 
 def _write_limit() -> str:
-    return current_app.config["PAYOUTS_RATELIMIT_WRITE"]
+    return current_app.config["SETTINGS"].ratelimit_write
 
 
 def _read_limit() -> str:
-    return current_app.config["PAYOUTS_RATELIMIT_READ"]
+    return current_app.config["SETTINGS"].ratelimit_read
 
 
 class _AmbiguousJSON(ValueError):
@@ -103,8 +103,8 @@ def _reused_within_batch(orders: list[Order]) -> list[tuple[int, str]]:
 @bp.post("/payouts/batch")
 @limiter.limit(_write_limit)
 def submit_batch():
-    limits = {"max_items": current_app.config["PAYOUTS_MAX_ITEMS"],
-              "max_amount_cents": current_app.config["PAYOUTS_MAX_AMOUNT_CENTS"]}
+    settings = current_app.config["SETTINGS"]
+    limits = {"max_items": settings.max_items, "max_amount_cents": settings.max_amount_cents}
     with Context(limits):
         batch = _batch_schema.load(_json_body())
     orders = _orders(batch["items"])

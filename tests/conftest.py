@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
-import flask
 import pytest
 import redis
 from flask.testing import FlaskClient
@@ -66,8 +66,6 @@ def pytest_configure(config):
                  "RATELIMIT_STORAGE_URI"):
         os.environ.pop(name, None)
     os.environ.update(TEST_ENV)
-    # Every app the tests build talks through KeyedClient; auth tests pass their own headers.
-    flask.Flask.test_client_class = KeyedClient
 
 
 def pytest_unconfigure(config):
@@ -139,10 +137,26 @@ def worker(tmp_path_factory):
 
 
 @pytest.fixture
-def app():
-    from payouts_api import create_app
+def make_app():
+    """Build an app with some settings changed (`make_app(ratelimit_enabled=True)`).
 
-    return create_app({"TESTING": True})
+    The settings stay one object (dataclasses.replace); its test client sends the tests' key
+    unless a request sets Authorization itself.
+    """
+    from payouts_api import create_app
+    from payouts_core.settings import get_settings
+
+    def make(**changes):
+        app = create_app({"TESTING": True}, settings=replace(get_settings(), **changes))
+        app.test_client_class = KeyedClient
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from payouts_api import create_app
 from payouts_core.settings import SettingsError
 
 KEY = "tests-key-0123456789"
@@ -49,16 +48,15 @@ def test_docs_and_health_need_no_key(client):
         assert client.get(path, headers={"Authorization": ""}).status_code == 200
 
 
-def test_app_refuses_to_start_without_keys():
+def test_app_refuses_to_start_without_keys(make_app):
     with pytest.raises(SettingsError, match="PAYOUTS_API_KEYS"):
-        create_app({"TESTING": True, "PAYOUTS_API_KEYS": ()})
-    app = create_app({"TESTING": True, "PAYOUTS_API_KEYS": (), "PAYOUTS_AUTH_DISABLED": True})
+        make_app(api_keys=())
+    app = make_app(api_keys=(), auth_disabled=True)
     assert app.test_client().get("/api/payouts/x", headers={"Authorization": ""}).status_code == 404
 
 
-def test_rate_limits_are_per_key(uid):
-    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": True,
-                      "PAYOUTS_RATELIMIT_READ": "4 per minute"})  # a budget no other test uses
+def test_rate_limits_are_per_key(make_app, uid):
+    app = make_app(ratelimit_enabled=True, ratelimit_read="4 per minute")  # a budget no other test uses
     client = app.test_client()
     path = f"/api/payouts/nope-{uid}"
     first = [client.get(path, headers=bearer(KEY)).status_code for _ in range(5)]
@@ -91,10 +89,10 @@ def test_readyz_sees_redis_broker_and_a_worker(client):
     assert {"redis", "broker", "workers"} == set(body["checks"])
 
 
-def test_readyz_is_503_when_redis_is_unreachable():
+def test_readyz_is_503_when_redis_is_unreachable(make_app):
     from payouts_cli.local_redis import free_port
 
-    app = create_app({"TESTING": True, "PAYOUTS_STORE_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    app = make_app(store_url=f"redis://127.0.0.1:{free_port()}/0")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"]["ok"] is False

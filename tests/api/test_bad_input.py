@@ -90,8 +90,8 @@ class TestRefusedBatchesWriteNothing:
         body = assert_problem(client.post("/api/payouts", json={"batch_id": "b", "items": items}), 422)
         assert field_paths(body) == {"items"}
 
-    def test_too_many_items_is_refused(self, app, client):
-        app.config["PAYOUTS_MAX_ITEMS"] = 3
+    def test_too_many_items_is_refused(self, make_app):
+        client = make_app(max_items=3).test_client()
         payload = {"batch_id": "b", "items": [good_item(i) for i in range(4)]}
         body = assert_problem(client.post("/api/payouts", json=payload), 422)
         assert field_paths(body) == {"items"}
@@ -120,12 +120,10 @@ def test_unknown_route_and_wrong_method_are_problems(client):
     assert_problem(client.delete("/api/payouts/x"), 405)
 
 
-def test_redis_down_is_503_and_nothing_is_accepted(redis_client):
-    from payouts_api import create_app
+def test_redis_down_is_503_and_nothing_is_accepted(make_app, redis_client):
     from payouts_cli.local_redis import free_port
 
-    app = create_app({"TESTING": True,
-                      "PAYOUTS_STORE_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    app = make_app(store_url=f"redis://127.0.0.1:{free_port()}/0")
     before = snapshot(redis_client)
     response = app.test_client().post("/api/payouts", json={"batch_id": "down", "items": [good_item()]})
     body = assert_problem(response, 503)

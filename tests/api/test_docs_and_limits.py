@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from payouts_api import create_app
-
 
 def test_openapi_document_is_built_from_the_request_schemas(client):
     document = client.get("/openapi.json").get_json()
@@ -30,10 +28,9 @@ def test_docs_page_is_served(client):
 
 
 @pytest.fixture
-def limited_app(uid):
-    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": True,
-                      "PAYOUTS_RATELIMIT_WRITE": "3 per 10 seconds;5 per minute",
-                      "PAYOUTS_RATELIMIT_READ": "6 per 10 seconds"})
+def limited_app(make_app, uid):
+    app = make_app(ratelimit_enabled=True, ratelimit_write="3 per 10 seconds;5 per minute",
+                   ratelimit_read="6 per 10 seconds")
     # A fresh client address per test so counters from other tests never interfere.
     address = "10." + ".".join(str(int(uid[i:i + 2], 16)) for i in (0, 2, 4))
     app.wsgi_app = _FixedRemoteAddr(app.wsgi_app, address)

@@ -183,7 +183,7 @@ def empty_items(count: int) -> bytes:
 @pytest.mark.parametrize("extra", [1, 990_000])  # the second: the issue's 3 MB of `{}` (49 s before)
 def test_more_items_than_the_cap_is_only_the_count_error(app, client, extra):
     """The count is checked before any item: one error, not 4 per item."""
-    cap = app.config["PAYOUTS_MAX_ITEMS"]
+    cap = app.config["SETTINGS"].max_items
     raw = empty_items(cap + extra)
     assert len(raw) < app.config["MAX_CONTENT_LENGTH"]
     problem = assert_problem(client.post("/api/payouts", data=raw, content_type="application/json"), 422)
@@ -200,7 +200,7 @@ def test_more_items_than_the_cap_is_only_the_count_error(app, client, extra):
     ({"user_id": "u", "amount_cents": 0, "pix_key": "k"}, 3),  # 34 items x 3 = 102 collected, 100 shown
 ])
 def test_many_invalid_items_report_at_most_the_error_cap(app, client, item, per_item):
-    items = [item] * app.config["PAYOUTS_MAX_ITEMS"]
+    items = [item] * app.config["SETTINGS"].max_items
     problem = assert_problem(client.post("/api/payouts", data=body(items=items),
                                          content_type="application/json"), 422)
     assert len(problem["errors"]) == MAX_FIELD_ERRORS

@@ -7,14 +7,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from payouts_api import create_app
 from payouts_api.health import READYZ_CACHE_S
+from payouts_core.settings import get_settings
 from payouts_tasks import app as celery_app
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, KeyedClient
 
 WRONG = {"Authorization": "Bearer wrong-key-0123456789"}
 VALID = {"Authorization": f"Bearer {API_KEY}"}
@@ -31,8 +33,11 @@ class _FixedRemoteAddr:
         return self.wsgi_app(environ, start_response)
 
 
-def limited_client(**config):
-    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": True, **config})
+def limited_client(**changes):
+    """A client from its own address, rate limiting on, the settings changed as given."""
+    app = create_app({"TESTING": True},
+                     settings=replace(get_settings(), ratelimit_enabled=True, **changes))
+    app.test_client_class = KeyedClient
     address = "10." + ".".join(str(b) for b in uuid.uuid4().bytes[:3])
     app.wsgi_app = _FixedRemoteAddr(app.wsgi_app, address)
     return app.test_client()
@@ -64,7 +69,7 @@ def test_key_guessing_from_one_address_is_cut_off_at_the_default_budget():
 
 
 def test_lockout_lasts_one_window_and_a_valid_key_never_spends_the_budget():
-    client = limited_client(PAYOUTS_RATELIMIT_UNAUTHENTICATED="3 per 2 seconds")
+    client = limited_client(ratelimit_unauthenticated="3 per 2 seconds")
     assert {client.get("/api/payouts/nope", headers=VALID).status_code for _ in range(10)} == {404}
 
     assert [client.get("/api/payouts/nope", headers=h).status_code
@@ -74,7 +79,7 @@ def test_lockout_lasts_one_window_and_a_valid_key_never_spends_the_budget():
 
 
 def test_open_routes_share_the_address_budget_and_healthz_is_exempt():
-    client = limited_client(PAYOUTS_RATELIMIT_UNAUTHENTICATED="3 per minute")
+    client = limited_client(ratelimit_unauthenticated="3 per minute")
     assert {client.get("/healthz").status_code for _ in range(10)} == {200}
 
     assert [client.get(path).status_code
@@ -101,8 +106,8 @@ def counted_pings(monkeypatch):
 
 
 @pytest.mark.usefixtures("worker")
-def test_readyz_pings_the_workers_at_most_once_a_second(counted_pings):
-    client = create_app({"TESTING": True}).test_client()
+def test_readyz_pings_the_workers_at_most_once_a_second(make_app, counted_pings):
+    client = make_app().test_client()
 
     first, second = client.get("/readyz"), client.get("/readyz")
     assert (first.status_code, second.status_code) == (200, 200)
@@ -115,8 +120,8 @@ def test_readyz_pings_the_workers_at_most_once_a_second(counted_pings):
 
 
 @pytest.mark.usefixtures("worker")
-def test_concurrent_readyz_calls_share_one_ping(counted_pings):
-    client = create_app({"TESTING": True}).test_client()
+def test_concurrent_readyz_calls_share_one_ping(make_app, counted_pings):
+    client = make_app().test_client()
     statuses = []
     threads = [threading.Thread(target=lambda: statuses.append(client.get("/readyz").status_code))
                for _ in range(8)]
@@ -136,7 +141,7 @@ def test_a_client_that_waits_retry_after_is_served(window, late):
     """A 429 `late` seconds into the window: Retry-After is the remaining wait rounded up, at
     least 1, and one wait of that length is enough. (Rounding down gave 0 in the last second,
     and 1 where 1.4 s remained, so a polite client was refused again.)"""
-    client = limited_client(PAYOUTS_RATELIMIT_READ=f"2 per {window} seconds")
+    client = limited_client(ratelimit_read=f"2 per {window} seconds")
     for _ in range(2):
         assert client.get("/api/payouts/nope").status_code == 404  # opens a window
         time.sleep(late)
@@ -149,7 +154,7 @@ def test_a_client_that_waits_retry_after_is_served(window, late):
 
 
 def test_success_carries_ratelimit_fields_in_delta_seconds_and_no_retry_after(uid):
-    client = limited_client(PAYOUTS_RATELIMIT_WRITE="5 per 10 seconds")
+    client = limited_client(ratelimit_write="5 per 10 seconds")
     item = {"external_id": f"h-{uid}", "user_id": "u", "amount_cents": 100, "pix_key": "a@b.com"}
     accepted = client.post("/api/payouts", json={"batch_id": f"h-{uid}", "items": [item]})
     replayed = client.post("/api/payouts", json={"batch_id": f"h-{uid}", "items": [item]})
@@ -167,7 +172,7 @@ def test_success_carries_ratelimit_fields_in_delta_seconds_and_no_retry_after(ui
 
 
 def test_breaching_a_long_window_gives_its_wait_not_the_short_one():
-    client = limited_client(PAYOUTS_RATELIMIT_READ="10 per 1 second;3 per minute")
+    client = limited_client(ratelimit_read="10 per 1 second;3 per minute")
     statuses = [client.get("/api/payouts/nope").status_code for _ in range(4)]
 
     assert statuses == [404, 404, 404, 429]

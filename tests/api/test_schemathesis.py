@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from payouts_api import create_app
 
-app = create_app({"TESTING": True})
+app = create_app({"TESTING": True})  # schemathesis calls the WSGI app itself, with AUTH below
 schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
 CHECKS = [not_a_server_error, response_schema_conformance]
 # The suite's API key when the app requires one (schemathesis calls the WSGI app directly).
