@@ -11,14 +11,17 @@ WORKDIR /src
 COPY setup.cfg pyproject.toml README.md celeryconfig.py ./
 COPY payouts_api ./payouts_api
 COPY payouts_tasks ./payouts_tasks
+COPY payouts_core ./payouts_core
 COPY payouts_cli ./payouts_cli
 RUN pip install . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin payouts
 
 # Run from a directory without sources, so the installed package is what gets imported.
 WORKDIR /app
+# gunicorn reads ./gunicorn.conf.py (metrics directory, graceful timeout, no access log).
 COPY seeds ./seeds
+COPY gunicorn.conf.py ./
 USER payouts
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "payouts_api:create_app()", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "8", "--access-logfile", "-"]
+CMD ["gunicorn", "payouts_api:create_app()", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "8"]

@@ -46,6 +46,10 @@ broker_connection_retry_on_startup = True
 # messages and Celery's green-pool loop then sleeps up to 2 s (measured: on average 67 of 200
 # greenlets busy). Messages a crashed worker held are redelivered after the visibility timeout.
 worker_prefetch_multiplier = 4
+# The one place the worker's concurrency is set (WORKER_CONCURRENCY): the connection limits
+# above are derived from the same number. The pool (gevent) stays on the command line, where
+# Celery applies its monkey patches early enough.
+worker_concurrency = _settings.worker_concurrency
 
 # Chord counting and results go through the backend: ride out a Redis restart instead of
 # failing the chord. (The sweeper completes a chord whose callback was lost anyway.)
