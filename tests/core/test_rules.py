@@ -1,0 +1,51 @@
+"""The money rules that are pure functions (payouts_core/rules.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from payouts_core.provider import Transfer
+from payouts_core.rules import (
+    COUNTER,
+    FINAL_STATUSES,
+    ItemStatus,
+    Verdict,
+    counters_from_statuses,
+    lookup_verdict,
+    payout_terms,
+)
+from payouts_core.store import _lua
+
+
+def transfer(status: str) -> Transfer:
+    return Transfer("k", "e", status, 100, "a***@b.com", "2026-01-01T00:00:00.000Z")
+
+
+@pytest.mark.parametrize(("found", "since_call_s", "verdict"), [
+    (transfer("settled"), 0, Verdict.PAID),
+    (transfer("settled"), 999, Verdict.PAID),
+    (transfer("rejected"), 0, Verdict.FAILED),
+    (None, 39.9, Verdict.UNKNOWN),  # no transfer yet: the call may still land
+    (None, 40.0, Verdict.FAILED),  # past the provider's final deadline: none can appear
+    (transfer("pending"), 0, Verdict.UNKNOWN),
+    (transfer("pending"), 999, Verdict.UNKNOWN),  # the provider knows it: keep asking
+])
+def test_unknown_is_not_failed(found, since_call_s, verdict):
+    assert lookup_verdict(found, since_call_s, final_deadline_s=40.0) == verdict
+
+
+def test_one_status_to_counter_map_feeds_reports_and_lua():
+    assert {ItemStatus.PAID, ItemStatus.FAILED, ItemStatus.DUPLICATE} == FINAL_STATUSES
+    assert counters_from_statuses(["paid", "paid", "failed", "duplicate", "processing"]) == {
+        "successful": 2, "failed": 1, "duplicates": 1, "processed": 4}
+    common = _lua("common.lua")
+    for status, counter in COUNTER.items():
+        assert f"{status.value}='{counter}'" in common
+    assert "$" not in common
+
+
+def test_terms_are_the_amount_the_normalised_key_and_the_user():
+    same = payout_terms(100, "a1@example.com", "u1")
+    assert payout_terms(100, "a1@example.com", "u1") == same
+    assert {payout_terms(101, "a1@example.com", "u1"), payout_terms(100, "b@example.com", "u1"),
+            payout_terms(100, "a1@example.com", "u2")}.isdisjoint({same})
