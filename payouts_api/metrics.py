@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
 
 bp = Blueprint("metrics", __name__)
@@ -75,7 +76,7 @@ class SettlementCollector(Collector):
             return
         items = GaugeMetricFamily("payouts_items_final", "Items that reached a final status, ever.",
                                   labels=["status"])
-        for status in ("paid", "failed", "duplicate"):
+        for status in COUNTER:  # the final statuses
             items.add_metric([status], stats["items"].get(status, 0))
         yield items
         yield GaugeMetricFamily("payouts_queue_depth", "Messages waiting in the Celery queue.",

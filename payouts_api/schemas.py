@@ -16,6 +16,7 @@ from marshmallow.experimental.context import Context
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from payouts_core.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
+from payouts_core.rules import ItemStatus
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -178,7 +179,7 @@ class ItemReportSchema(Schema):
     pix_key = fields.String(required=True, metadata={"description": "Masked PIX key, e.g. u***@email.com."})
     pix_key_type = fields.String(metadata={"enum": list(KEY_TYPES), "description": "Detected key type."})
     status = fields.String(required=True, metadata={
-        "enum": ["pending", "processing", "paid", "failed", "duplicate"]})
+        "enum": [status.value for status in ItemStatus]})
     attempts = fields.Integer(required=True, metadata={"description": "Provider calls made."})
     e2e_id = fields.String(metadata={"description": "PIX EndToEndId (32 chars) when paid."})
     failure_code = fields.String(metadata={"description": "SPI reason code when failed."})

@@ -242,11 +242,6 @@ def parse_pix_key(raw: str, expected_type: str | None = None) -> PixKey:
     return PixKey(detected, _PARSERS[detected](key))
 
 
-def normalise_pix_key(raw: str) -> str:
-    """The normalised value of a valid key (parse_pix_key(raw).value)."""
-    return parse_pix_key(raw).value
-
-
 # -- masking -----------------------------------------------------------------------------------
 
 

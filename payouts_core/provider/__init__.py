@@ -1,6 +1,7 @@
 """The PIX provider boundary: what a settlement needs from a bank, and its error types.
 
-`get_provider()` picks the implementation; only the simulated one exists today.
+`payouts_core.resources.get_provider()` picks the implementation; only the simulated one
+exists today.
 """
 
 from __future__ import annotations
