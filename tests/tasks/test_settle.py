@@ -22,10 +22,11 @@ def open_batch(store, batch_id: str, pix_key: str, external_id: str) -> BatchRef
     return ref
 
 
-def run_until_attempts_used_up(ref: BatchRef, max_attempts: int = 6) -> None:
-    for _ in range(max_attempts):
-        with pytest.raises(Retry):
-            settle.run(ref.client, ref.batch_id, 0)
+def run_until_attempts_used_up(ref: BatchRef) -> None:
+    """Short transient errors are retried inside the task; once the attempts are used up and
+    the provider cannot say what happened, the task retries through the broker (Retry)."""
+    with pytest.raises(Retry):
+        settle.run(ref.client, ref.batch_id, 0)
 
 
 def item(store, ref: BatchRef) -> dict:
@@ -47,13 +48,23 @@ def test_a_rejection_fails_at_once_with_the_providers_code(store, uid):
     assert (item(store, ref)["failure_code"], item(store, ref)["attempts"]) == ("AC03", 1)
 
 
-def test_a_transient_error_retries_with_the_same_claim(store, uid):
+def test_short_transient_errors_are_retried_inside_the_task_with_the_same_claim(store, uid):
     ref = open_batch(store, f"tr-{uid}", "timeout.twice@pix.test", f"tr-{uid}")
 
-    run_until_attempts_used_up(ref, max_attempts=2)
-    assert settle.run(CLIENT, ref.batch_id, 0) == "paid"
+    assert settle.run(CLIENT, ref.batch_id, 0) == "paid"  # two AB03 waited out in the task
     assert item(store, ref)["attempts"] == 3
     assert store.claim(CLIENT, f"tr-{uid}")["gen"] == "1"
+
+
+def test_a_long_backoff_goes_back_to_the_broker(store, uid, monkeypatch):
+    import payouts_tasks.settle as settle_module
+
+    monkeypatch.setattr(settle_module, "IN_TASK_RETRY_MAX_S", 0.0)
+    ref = open_batch(store, f"br-{uid}", "timeout.twice@pix.test", f"br-{uid}")
+
+    with pytest.raises(Retry):
+        settle.run(CLIENT, ref.batch_id, 0)
+    assert (item(store, ref)["status"], item(store, ref)["attempts"]) == ("processing", 1)
 
 
 def test_no_answer_is_unknown_until_the_final_deadline_then_failed(store, provider, uid, monkeypatch):
