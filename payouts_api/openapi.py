@@ -9,7 +9,15 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flasgger import Swagger
 
-from payouts_api.schemas import BatchReportSchema, BatchRequestSchema, ProblemSchema
+from payouts_api.schemas import (
+    BatchPageSchema,
+    BatchReportSchema,
+    BatchRequestSchema,
+    HistoryQuerySchema,
+    ItemPageSchema,
+    ItemsQuerySchema,
+    ProblemSchema,
+)
 
 SPEC_ROUTE = "/openapi.json"
 DOCS_ROUTE = "/docs/"
@@ -33,6 +41,10 @@ def _report(description: str, location: bool = False) -> dict:
     return response
 
 
+def _json(description: str, schema: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     spec = APISpec(
         title="PIX batch payouts",
@@ -44,6 +56,8 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     spec.components.schema("BatchRequest", schema=BatchRequestSchema)
     spec.components.schema("BatchReport", schema=BatchReportSchema)
     spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.schema("BatchPage", schema=BatchPageSchema)
+    spec.components.schema("ItemPage", schema=ItemPageSchema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "description": "An API key from PAYOUTS_API_KEYS."})
     spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
@@ -82,6 +96,20 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
         "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _report("The report."), "404": _problem("Unknown batch."),
                       "401": common["401"], "429": common["429"], "503": common["503"]},
+    }})
+    reads = {"401": common["401"], "422": _problem("Invalid query parameters; `errors` names each."),
+             "429": common["429"], "503": common["503"]}
+    spec.path(path="/api/payouts", operations={"get": {
+        "summary": "Your batches, newest first (summaries, cursor pagination)",
+        "parameters": [{"in": "query", "schema": HistoryQuerySchema}],
+        "responses": {"200": _json("A page of batch summaries.", "BatchPage"), **reads},
+    }})
+    spec.path(path="/api/payouts/{batch_id}/items", operations={"get": {
+        "summary": "A batch's items by status, in submission order (e.g. the failed ones)",
+        "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"in": "query", "schema": ItemsQuerySchema}],
+        "responses": {"200": _json("A page of items.", "ItemPage"), "404": _problem("Unknown batch."),
+                      **reads},
     }})
     document = spec.to_dict()
     # Every documented operation needs a key, sent either way.

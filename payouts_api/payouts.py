@@ -10,9 +10,16 @@ from marshmallow.experimental.context import Context
 from payouts_api.extensions import limiter
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
 from payouts_api.problems import MAX_FIELD_ERRORS, Problem
-from payouts_api.schemas import BatchIdSchema, BatchRequestSchema
+from payouts_api.schemas import BatchIdSchema, BatchRequestSchema, HistoryQuerySchema, ItemsQuerySchema
 from payouts_core.pix_keys import mask_pix_key
-from payouts_core.store import BatchConflict, BatchRef, ExternalIdReused, Order, fingerprint
+from payouts_core.store import (
+    BatchConflict,
+    BatchRef,
+    ExternalIdReused,
+    Order,
+    encode_cursor,
+    fingerprint,
+)
 from payouts_tasks.batches import accept_batch
 
 bp = Blueprint("payouts", __name__)
@@ -139,3 +146,42 @@ def get_batch(batch_id: str):
     if report is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
     return _report_response(report, 200)
+
+
+_history_query = HistoryQuerySchema()
+_items_query = ItemsQuerySchema()
+
+
+def _ms(instant) -> int:
+    return int(instant.timestamp() * 1000)
+
+
+@bp.get("/api/payouts")
+@limiter.limit(_read_limit)
+def list_batches():
+    """The client's batches, newest first, as summaries; `next_cursor` continues the walk."""
+    query = _history_query.load(request.args.to_dict())
+    # Creation times are whole milliseconds: "after" and "before" exclude the instant itself.
+    oldest = _ms(query["created_after"]) + 1 if "created_after" in query else None
+    newest = _ms(query["created_before"]) - 1 if "created_before" in query else None
+    store = current_app.extensions["payouts_store"]
+    batches, position = store.history(g.client_name, query["limit"], query.get("cursor"),
+                                      query.get("status"), newest, oldest)
+    return {"batches": batches, "next_cursor": encode_cursor(*position) if position else None}
+
+
+@bp.get("/api/payouts/<batch_id>/items")
+@limiter.limit(_read_limit)
+def list_items(batch_id: str):
+    """One batch's items in submission order, e.g. only the failed ones to fix and resubmit."""
+    _batch_id_schema.load({"batch_id": batch_id})
+    query = _items_query.load(request.args.to_dict())
+    g.batch_id = batch_id
+    start = query["cursor"][0] if "cursor" in query else 0
+    found = current_app.extensions["payouts_store"].batch_items(
+        BatchRef(g.client_name, batch_id), query["limit"], start, query.get("status"))
+    if found is None:
+        raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
+    items, following = found
+    return {"batch_id": batch_id, "items": items,
+            "next_cursor": encode_cursor(following) if following is not None else None}

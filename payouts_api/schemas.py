@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
+from datetime import UTC
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, utils, validates
 from marshmallow.experimental.context import Context
@@ -17,6 +18,7 @@ from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from payouts_core.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
 from payouts_core.rules import ItemStatus
+from payouts_core.store import decode_cursor
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -187,7 +189,9 @@ class ItemReportSchema(Schema):
     duplicate_of = fields.Nested(DuplicateOfSchema)
 
 
-class BatchReportSchema(Schema):
+class BatchSummarySchema(Schema):
+    """The report without its details: what the history lists and the webhook event carries."""
+
     batch_id = fields.String(required=True)
     status = fields.String(required=True, metadata={"enum": ["processing", "completed"]})
     total = fields.Integer(required=True)
@@ -199,6 +203,9 @@ class BatchReportSchema(Schema):
     created_at = fields.String(required=True)
     completed_at = fields.String(required=True, allow_none=True)
     submitted_by = fields.String()
+
+
+class BatchReportSchema(BatchSummarySchema):
     details = fields.List(fields.Nested(ItemReportSchema), required=True)
 
 
@@ -216,3 +223,65 @@ class ProblemSchema(Schema):
     detail = fields.String(required=True)
     instance = fields.String()
     errors = fields.List(fields.Nested(FieldErrorSchema))
+
+
+# -- history and items by status (GET /api/payouts, GET /api/payouts/<id>/items) ---------------
+
+MAX_PAGE = 100
+BATCH_STATES = ("processing", "completed")
+
+
+class PageQuerySchema(Schema):
+    """`limit` and an opaque `cursor` (the `next_cursor` of the previous page)."""
+
+    cursor_parts: tuple[type, ...] = ()
+
+    limit = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PAGE),
+                           metadata={"description": f"Entries per page, 1-{MAX_PAGE}."})
+    cursor = fields.String(validate=Length(max=512), metadata={
+        "description": "`next_cursor` of the previous page; omit for the first page."})
+
+    @post_load
+    def _position(self, query: dict, **_kwargs) -> dict:
+        if "cursor" in query:
+            try:
+                query["cursor"] = decode_cursor(query["cursor"], *self.cursor_parts)
+            except ValueError as exc:
+                raise ValidationError(str(exc), "cursor") from None
+        return query
+
+
+class HistoryQuerySchema(PageQuerySchema):
+    cursor_parts = (int, str)
+
+    status = fields.String(validate=OneOf(BATCH_STATES), metadata={"description": "Batch status."})
+    created_after = fields.AwareDateTime(default_timezone=UTC, metadata={
+        "description": "Only batches created after this instant (ISO 8601; UTC when no offset)."})
+    created_before = fields.AwareDateTime(default_timezone=UTC, metadata={
+        "description": "Only batches created before this instant (ISO 8601; UTC when no offset)."})
+
+
+class ItemsQuerySchema(PageQuerySchema):
+    cursor_parts = (int,)
+
+    status = fields.String(validate=OneOf([status.value for status in ItemStatus]),
+                           metadata={"description": "Only items in this status, e.g. failed."})
+
+
+class BatchPageSchema(Schema):
+    batches = fields.List(fields.Nested(BatchSummarySchema), required=True,
+                          metadata={"description": "Newest first."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})
+
+
+class IndexedItemSchema(ItemReportSchema):
+    index = fields.Integer(required=True, metadata={"description": "Position in the batch."})
+
+
+class ItemPageSchema(Schema):
+    batch_id = fields.String(required=True)
+    items = fields.List(fields.Nested(IndexedItemSchema), required=True,
+                        metadata={"description": "In submission order."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})

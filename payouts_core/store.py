@@ -20,18 +20,23 @@ Keys ({c} = encoded client, {b} = encoded batch_id, {e} = encoded external_id)
                                        generation that feeds the idempotency key, and when the
                                        provider was last called under it
 - `payouts:batches`                   sorted set: every `{c}:{b}` by creation time
+- `payouts:client:{c}:batches`        sorted set: the client's `{b}` by creation time (ms), the
+                                       history (GET /api/payouts) pages through it newest first
 - `payouts:batches:open`              set: batches not yet completed (the sweeper's work list)
 - `payouts:stats`                     hash: items that reached each final status, ever (metrics)
 - `payouts:sweeper:lock`              one sweep at a time
+- `payouts:webhook...`                webhook endpoints, events and deliveries: payouts_core/webhooks.py
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -122,14 +127,37 @@ class Decision:
     called_ms: int = 0  # when the provider was last called under this claim (ms since epoch)
 
 
-def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def utcnow(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def encode_cursor(*position: int | str) -> str:
+    """An opaque page cursor: the position of the last entry a page examined."""
+    raw = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *types: type) -> tuple:
+    """The position `encode_cursor` wrote, each part of the given type; ValueError otherwise."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValueError("not a cursor this API returned") from None
+    if (not isinstance(position, list) or len(position) != len(types)
+            or not all(type(p) is t for p, t in zip(position, types, strict=True))):
+        raise ValueError("not a cursor this API returned")
+    return tuple(position)
 
 
 def fingerprint(payload: dict) -> str:
     """A stable digest of a validated batch payload: same payload, same fingerprint."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def client_batches_key(client: str) -> str:
+    """The client's batch history: encoded batch_id -> creation time in ms."""
+    return f"{PREFIX}client:{encode_id(client)}:batches"
 
 
 def claim_key(client: str, external_id: str) -> str:
@@ -230,6 +258,7 @@ class PayoutStore:
                         pipe.unwatch()
                         raise BatchConflict(ref.batch_id)
                     pipe.multi()
+                    created = datetime.now(UTC)
                     pipe.hset(batch_key, mapping={
                         "batch_id": ref.batch_id,
                         "fingerprint": payload_fingerprint,
@@ -239,7 +268,7 @@ class PayoutStore:
                         "successful": 0,
                         "failed": 0,
                         "duplicates": 0,
-                        "created_at": utcnow(),
+                        "created_at": utcnow(created),
                         "completed_at": "",
                         "submitted_by": ref.client,
                         "progress_ms": int(time.time() * 1000),
@@ -249,6 +278,8 @@ class PayoutStore:
                     pipe.set(lease_key, lease_token or uuid.uuid4().hex, ex=publish_lease_s)
                     pipe.zadd(ALL_BATCHES, {ref.member: time.time()})
                     pipe.sadd(OPEN_BATCHES, ref.member)
+                    pipe.zadd(client_batches_key(ref.client),
+                              {encode_id(ref.batch_id): int(created.timestamp() * 1000)})
                     pipe.execute()
                     return True, "accepting"
                 except redis.WatchError:
@@ -282,7 +313,7 @@ class PayoutStore:
                                     args=[publish_lease_s, uuid.uuid4().hex]))
 
     def open_batch(self, ref: BatchRef) -> None:
-        """The chord is published: let the settle tasks start."""
+        """The batch is durably accepted and its chord is (being) published: settle may start."""
         batch_key, _, _, lease_key = batch_keys(ref)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(batch_key, mapping={"state": "processing",
@@ -290,10 +321,17 @@ class PayoutStore:
             pipe.delete(lease_key)
             pipe.execute()
 
+    def mark_published(self, ref: BatchRef) -> None:
+        """Every message of the batch's chord is in the broker (a redelivered publish skips it)."""
+        self.client.hset(batch_keys(ref)[0], "published", 1)
+
+    def is_published(self, ref: BatchRef) -> bool:
+        return self.client.hget(batch_keys(ref)[0], "published") is not None
+
     def discard_batch(self, ref: BatchRef, lease_token: str) -> bool:
         """Remove a batch whose chord could not be published, if we still hold its lease."""
-        keys = [*batch_keys(ref), ALL_BATCHES, OPEN_BATCHES]
-        return bool(self._discard(keys=keys, args=[lease_token, ref.member]))
+        keys = [*batch_keys(ref), ALL_BATCHES, OPEN_BATCHES, client_batches_key(ref.client)]
+        return bool(self._discard(keys=keys, args=[lease_token, ref.member, encode_id(ref.batch_id)]))
 
     # -- settling one item -------------------------------------------------------------
 
@@ -416,6 +454,94 @@ class PayoutStore:
     def claim(self, client: str, external_id: str) -> dict:
         return {_s(k): _s(v) for k, v in self.client.hgetall(claim_key(client, external_id)).items()}
 
+    # -- listings (history, items by status) ----------------------------------------------
+
+    def history(self, client: str, limit: int, after: tuple[int, str] | None = None,
+                status: str | None = None, newest_ms: int | None = None,
+                oldest_ms: int | None = None) -> tuple[list[dict], tuple[int, str] | None]:
+        """The client's batch summaries, newest first, and the position to continue from.
+
+        The position is (creation ms, encoded batch_id) of the last batch examined: batches
+        created later sort before it, so a walk never repeats or skips one while new ones arrive.
+        """
+        def summaries(members: list[str]) -> list[dict | None]:
+            with self.client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hgetall(batch_keys(BatchRef(client, unquote(member)))[0])
+                heads = [_report_head(h) if h else None for h in pipe.execute()]
+            return [h if h and (status is None or h["status"] == status) else None for h in heads]
+
+        return newest_first(self.client, client_batches_key(client), limit, after, summaries,
+                            newest_ms, oldest_ms)
+
+    def batch_items(self, ref: BatchRef, limit: int, start: int = 0, status: str | None = None,
+                    chunk: int = 500) -> tuple[list[dict], int | None] | None:
+        """Items from index `start` on (with their `index`), only those in `status` when given,
+        and the index to continue from (None at the end); None for an unknown batch."""
+        batch_key, items_key, _, _ = batch_keys(ref)
+        total = self.client.hget(batch_key, "total")
+        if total is None:
+            return None
+        total, found = int(total), []
+        for first in range(start, total, chunk):
+            indexes = range(first, min(first + chunk, total))
+            for index, raw in zip(indexes, self.client.hmget(items_key, [str(i) for i in indexes]),
+                                  strict=True):
+                item = json.loads(raw)
+                if status is None or item["status"] == status:
+                    found.append({"index": index, **item})
+                    if len(found) == limit:
+                        return found, (index + 1 if index + 1 < total else None)
+        return found, None
+
 
 def _of_client(refs: Iterable[BatchRef], client: str | None) -> list[BatchRef]:
     return [r for r in refs if client is None or r.client == client]
+
+
+def _entries_after(r: redis.Redis, key: str, after: tuple[int, str] | None, newest: int | None,
+                   oldest: int | None, n: int) -> list[tuple[str, int]]:
+    """Up to n (member, score) of a sorted set in descending (score, member) order, strictly
+    after `after`; members of one score sort by their bytes, as Redis orders them."""
+    if after is not None and newest is not None and after[0] > newest:
+        after = None
+    lo = "-inf" if oldest is None else oldest
+    found: list[tuple[str, int]] = []
+    if after is None:
+        hi: int | str = "+inf" if newest is None else newest
+    else:
+        score, member = after
+        if oldest is None or score >= oldest:
+            ties = r.zrevrangebyscore(key, score, score)
+            found = [(m, score) for m in map(_s, ties) if m < member][:n]
+        hi = f"({score}"
+    if len(found) < n:
+        rows = r.zrevrangebyscore(key, hi, lo, start=0, num=n - len(found), withscores=True)
+        found += [(_s(m), int(score)) for m, score in rows]
+    return found
+
+
+def newest_first(r: redis.Redis, key: str, limit: int, after: tuple[int, str] | None,
+                 load: Callable[[list[str]], list], newest: int | None = None,
+                 oldest: int | None = None, chunk: int = 100,
+                 scan_max: int = 2000) -> tuple[list, tuple[int, str] | None]:
+    """One page of a sorted set indexed by time, newest first: `load` turns members into
+    entries (None = filtered out). Returns the entries and the position of the last member
+    examined when more may follow. At most `scan_max` members are examined per page, so a
+    filter that matches little costs a bounded read; the page is then short, with a cursor."""
+    page: list = []
+    position, examined = after, 0
+    while len(page) < limit and examined < scan_max:
+        want = min(chunk, max(limit - len(page), 20))  # a filter may drop some
+        entries = _entries_after(r, key, position, newest, oldest, want)
+        if not entries:
+            return page, None
+        for (member, score), loaded in zip(entries, load([m for m, _ in entries]), strict=True):
+            examined += 1
+            position = (score, member)
+            if loaded is not None:
+                page.append(loaded)
+                if len(page) == limit:
+                    break
+    more = bool(_entries_after(r, key, position, newest, oldest, 1))
+    return page, position if more else None

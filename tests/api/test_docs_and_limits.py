@@ -9,7 +9,8 @@ def test_openapi_document_is_built_from_the_request_schemas(client):
     document = client.get("/openapi.json").get_json()
 
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/api/payouts", "/payouts/batch", "/api/payouts/{batch_id}"}
+    assert set(document["paths"]) == {"/api/payouts", "/payouts/batch", "/api/payouts/{batch_id}",
+                                      "/api/payouts/{batch_id}/items"}
     item = document["components"]["schemas"]["PayoutItem"]
     assert set(item["required"]) == {"external_id", "user_id", "amount_cents", "pix_key"}
     assert item["properties"]["amount_cents"]["maximum"] == 1_499_999
