@@ -12,9 +12,12 @@ from collections.abc import Sequence
 
 import redis
 from celery import chord
+from kombu.exceptions import OperationalError
 
+from payouts_core.resources import get_store
 from payouts_core.store import BatchRef, ExternalIdReused, Order, PayoutStore
 from payouts_tasks.aggregate import aggregate
+from payouts_tasks.celery_app import app
 from payouts_tasks.settle import settle
 
 log = logging.getLogger(__name__)
@@ -36,15 +39,38 @@ def publish_batch(ref: BatchRef, total: int) -> str:
     return publish_items(ref, range(total))
 
 
+@app.task(bind=True, name="payouts.publish", max_retries=None, ignore_result=True)
+def publish(self, client: str, batch_id: str, total: int) -> str:
+    """Publish an accepted batch's chord, off the request path.
+
+    The API answers 202 once the batch is durably written and this one small message is in the
+    broker; publishing 10,000 chord messages took 7.4 s inside the request. The batch is opened
+    first, so items settle as their messages arrive. A redelivery after a crash mid-publish
+    publishes the chord again (settle is idempotent per item); a publish that found the batch
+    already published (a replay or the sweeper took it over) does nothing.
+    """
+    store = get_store()
+    ref = BatchRef(client, batch_id)
+    if store.batch_state(ref) is None or store.is_published(ref):
+        return "skipped"
+    store.open_batch(ref)
+    try:
+        publish_batch(ref, total)
+    except OperationalError as exc:  # the broker went away mid-publish: publish again later
+        raise self.retry(countdown=1, exc=exc) from exc
+    store.mark_published(ref)
+    return "published"
+
+
 def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
                  orders: Sequence[Order]) -> bool:
-    """Accept a batch all-or-nothing: status key written and chord published, or neither.
+    """Accept a batch all-or-nothing: status key written and its publish message sent, or neither.
 
     Returns False for a replay of an existing batch (nothing re-enqueued). Raises
     ExternalIdReused when a new batch reuses a paid or in-flight external_id with other terms.
-    Settle tasks wait while the batch is still `accepting`, so nothing is paid for a batch
-    that ends up refused. A replay of a batch whose publisher died before opening it publishes
-    it again.
+    After True, a crash anywhere loses nothing: the publish task is at-least-once, and a batch
+    left `accepting` (its message lost) is published by a replay or the sweeper once the
+    publishing lease expires.
     """
     if not store.batch_exists(ref):
         conflicts = store.conflicting_claims(ref.client, orders)
@@ -54,22 +80,27 @@ def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
     created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
     if created:
         try:
-            publish_batch(ref, len(orders))
+            request_publishing(ref, len(orders))
         except Exception:
             log.exception("publishing batch failed; discarding it",
                           extra={"client": ref.client, "batch_id": ref.batch_id})
             with contextlib.suppress(redis.RedisError):
                 store.discard_batch(ref, lease)  # refused if the sweeper took it over
             raise
-        store.open_batch(ref)
         return True
     if state == "accepting":
         publish_if_abandoned(store, ref, len(orders))
     return False
 
 
+def request_publishing(ref: BatchRef, total: int) -> None:
+    """One message: the publish task builds the chord."""
+    publish.apply_async((ref.client, ref.batch_id, total))
+
+
 def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:
-    """Publish a batch left `accepting` once its publisher's lease expired (it died).
+    """Publish a batch left `accepting` once its publisher's lease expired (it died, or its
+    publish message was lost).
 
     Settle is idempotent per item, so messages the first publisher had already sent cannot pay
     twice. On failure the batch stays `accepting`; the next replay or sweep tries again.
@@ -80,4 +111,5 @@ def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:
                 extra={"client": ref.client, "batch_id": ref.batch_id})
     publish_batch(ref, total)
     store.open_batch(ref)
+    store.mark_published(ref)
     return True

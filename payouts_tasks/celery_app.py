@@ -9,7 +9,7 @@ from payouts_core.settings import get_settings
 app = Celery(
     "payouts_tasks",
     include=["payouts_tasks.settle", "payouts_tasks.aggregate", "payouts_tasks.sweeper",
-             "payouts_tasks.metrics"],
+             "payouts_tasks.batches", "payouts_tasks.metrics"],
 )
 app.config_from_object("celeryconfig")
 

@@ -141,7 +141,7 @@ def test_broker_failure_while_publishing_leaves_no_half_batch(client, redis_clie
     def broken_publish(batch_id, total):
         raise OperationalError("broker connection refused")
 
-    monkeypatch.setattr(batches, "publish_batch", broken_publish)
+    monkeypatch.setattr(batches, "request_publishing", broken_publish)
     before = snapshot(redis_client)
 
     response = client.post("/api/payouts", json={"batch_id": f"half-{uid}", "items": [good_item()]})

@@ -94,9 +94,9 @@ def test_replay_returns_current_report_and_enqueues_nothing(client, monkeypatch,
     import payouts_tasks.batches as batches
 
     published = []
-    real_publish = batches.publish_batch
-    monkeypatch.setattr(batches, "publish_batch",
-                        lambda *args: published.append(args) or real_publish(*args))
+    real_request = batches.request_publishing
+    monkeypatch.setattr(batches, "request_publishing",
+                        lambda *args: published.append(args) or real_request(*args))
     items = [item(f"r1-{uid}"), item(f"r2-{uid}")]
     assert post(client, f"replay-{uid}", items).status_code == 202
     first = wait_for_report(client, f"replay-{uid}")

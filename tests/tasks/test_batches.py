@@ -14,9 +14,9 @@ def orders(uid: str, amount: int = 100) -> list[Order]:
 
 @pytest.fixture
 def published(monkeypatch):
-    """What accept_batch publishes, recorded instead of sent to the broker."""
+    """What accept_batch asks to publish, recorded instead of sent to the broker."""
     calls = []
-    monkeypatch.setattr(batches, "publish_batch", lambda ref, total: calls.append((ref, total)))
+    monkeypatch.setattr(batches, "request_publishing", lambda ref, total: calls.append((ref, total)))
     return calls
 
 
@@ -28,19 +28,33 @@ def test_the_chord_settles_every_item_then_aggregates():
     assert (chord.body.task, chord.body.args) == ("payouts.aggregate", ("acme", "b-1"))
 
 
-def test_a_new_batch_is_published_once_and_opened(store, published, uid):
+def test_a_new_batch_asks_for_publishing_once_and_stays_accepting_until_then(store, published, uid):
     ref = BatchRef("batches-tests", f"new-{uid}")
 
     assert batches.accept_batch(store, ref, fingerprint({"b": uid}), orders(uid))
     assert not batches.accept_batch(store, ref, fingerprint({"b": uid}), orders(uid))  # replay
 
     assert published == [(ref, 3)]
-    assert store.batch_state(ref) == "processing"
+    assert store.batch_state(ref) == "accepting" and not store.is_published(ref)
+
+
+def test_the_publish_task_opens_publishes_and_marks_once(store, published, monkeypatch, uid):
+    chords = []
+    monkeypatch.setattr(batches, "publish_batch", lambda ref, total: chords.append((ref, total)))
+    ref = BatchRef("batches-tests", f"pub-{uid}")
+    batches.accept_batch(store, ref, fingerprint({"p": uid}), orders(uid))
+
+    assert batches.publish.run(ref.client, ref.batch_id, 3) == "published"
+    assert batches.publish.run(ref.client, ref.batch_id, 3) == "skipped"  # a redelivery
+
+    assert chords == [(ref, 3)]
+    assert store.batch_state(ref) == "processing" and store.is_published(ref)
 
 
 def test_reusing_held_external_ids_with_other_terms_writes_nothing(store, published, uid):
     client = "batches-tests"
     batches.accept_batch(store, BatchRef(client, f"a-{uid}"), fingerprint({"a": uid}), orders(uid))
+    store.open_batch(BatchRef(client, f"a-{uid}"))  # as the publish task does
     store.begin_settlement(BatchRef(client, f"a-{uid}"), 0, 6)  # e0 is now in flight
 
     with pytest.raises(ExternalIdReused) as refused:
