@@ -16,11 +16,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.processes import ROOT, BenchError, Stack
+from bench.processes import ROOT, BenchStack
 from bench.profiling import Profiler
 from bench.report import code_state, floor_ratios, machine_info, render, write_json
 from bench.scenarios import DEFAULT_SCENARIOS, FULL, QUICK, SCENARIOS, Bench
 from payouts_core.settings import Settings
+from payouts_devstack import StackError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick, "concurrency": args.concurrency, "worker_args": args.worker_args,
             "code": code_state()}
     bench: Bench | None = None
-    with Stack(concurrency=args.concurrency, keep=args.keep,
-               worker_args=shlex.split(args.worker_args)) as stack:
+    with BenchStack(concurrency=args.concurrency, keep=args.keep,
+                    worker_args=shlex.split(args.worker_args)) as stack:
         try:
             stack.start_redis()
             stack.start_api()
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.scenarios:
                 console.print(f"bench: {name} ...")
                 SCENARIOS[name](bench)
-        except BenchError as exc:
+        except StackError as exc:
             console.print(f"[red]bench: {exc}[/red]")
             stack.keep = True  # its logs explain what failed
             return 2

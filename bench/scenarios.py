@@ -25,7 +25,7 @@ import requests
 from celery import chord
 
 from bench.load import run_load
-from bench.processes import Stack
+from bench.processes import BenchStack
 from bench.profiling import Profiler
 from bench.report import Row
 from bench.sampling import Sampler
@@ -162,7 +162,7 @@ def check_report(report: dict, items: int) -> tuple[dict, list[str]]:
 class Bench:
     """Runs scenarios against one Stack and collects their rows."""
 
-    def __init__(self, stack: Stack, sizes: Sizes, profiler: Profiler):
+    def __init__(self, stack: BenchStack, sizes: Sizes, profiler: Profiler):
         self.stack, self.sizes, self.profiler = stack, sizes, profiler
         self.http = requests.Session()
         self.http.headers.update(stack.auth_headers)

@@ -1,4 +1,5 @@
-"""`make run`: the API, a Celery worker and Flower under honcho (see Procfile).
+"""`make run`: the API, a Celery worker and Flower under honcho (see Procfile), in the foreground
+with their output interleaved; the Redis start and the processes' env come from payouts_devstack.
 
 When nothing answers at REDIS_URL and it names this machine, a private redis-server is started
 on that port (data in var/redis) and stopped again on exit, so a machine with only Python can
@@ -19,8 +20,9 @@ from urllib.parse import urlsplit
 
 from honcho.environ import parse as parse_dotenv
 
-from payouts_cli.local_redis import RedisUnavailable, is_answering, redact_url, start_redis
+from payouts_cli.local_redis import redact_url
 from payouts_core.settings import Settings, SettingsError
+from payouts_devstack import RedisUnavailable, is_answering, process_env, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -46,15 +48,6 @@ def local_redis_port(url: str) -> int | None:
     if parts.scheme != "redis" or parts.hostname not in LOCAL_HOSTS or parts.password:
         return None
     return parts.port or 6379
-
-
-def start_local_redis(port: int) -> subprocess.Popen:
-    """Start redis-server with SIGINT blocked, so Ctrl-C stops the app first and Redis last."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return start_redis(port, ROOT / "var" / "redis")
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_honcho(env: dict[str, str]) -> int:
@@ -105,8 +98,7 @@ def main() -> int:
         return 2
     env["REDIS_URL"] = settings.redis_url
     env["PORT"] = env.get("PORT") or "8000"
-    # The Procfile names gunicorn and celery: find the venv's even when it is not activated.
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env = process_env(env)  # the venv's gunicorn and celery, even when it is not activated
     for name in [k for k, v in env.items() if k.startswith("FLOWER_") and not v]:
         del env[name]  # flower parses every FLOWER_* variable and fails on an empty one
 
@@ -118,7 +110,8 @@ def main() -> int:
                 "or point REDIS_URL at one (a local URL without password gets one started)")
             return 1
         try:
-            redis_proc = start_local_redis(port)
+            # In its own session: Ctrl-C reaches honcho's processes, and Redis stops after them.
+            redis_proc = start_redis(port, ROOT / "var" / "redis")
         except RedisUnavailable as exc:
             say(f"could not start a local Redis on port {port}: {exc}")
             return 1
@@ -132,11 +125,7 @@ def main() -> int:
     finally:
         if redis_proc is not None:
             say("stopping the local redis-server")
-            redis_proc.terminate()
-            try:
-                redis_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                redis_proc.kill()
+            redis_proc.stop(grace=15)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ did not start, and use unique ids instead of flushing.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -20,7 +18,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from payouts_cli.local_redis import free_port, start_redis
+from payouts_devstack import Process, Stack, free_port, start_redis
 
 TEST_ENV = {
     "PIX_SIM_LATENCY_MS": "0-20",
@@ -52,7 +50,7 @@ class KeyedClient(FlaskClient):
             headers["Authorization"] = f"Bearer {API_KEY}"
         return super().open(*args, **kwargs)
 
-_redis_proc: subprocess.Popen | None = None
+_redis_proc: Process | None = None
 
 
 def pytest_configure(config):
@@ -61,7 +59,6 @@ def pytest_configure(config):
     port = free_port()
     _redis_proc = start_redis(port, data_dir)
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    os.environ["PAYOUTS_TEST_REDIS_DIR"] = str(data_dir)
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PAYOUTS_STORE_URL",
                  "RATELIMIT_STORAGE_URI"):
         os.environ.pop(name, None)
@@ -70,8 +67,7 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     if _redis_proc is not None:
-        _redis_proc.terminate()
-        _redis_proc.wait(timeout=10)
+        _redis_proc.stop(grace=10)
 
 
 @pytest.fixture(scope="session")
@@ -93,47 +89,11 @@ def uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def start_worker(log_path: Path, env: dict | None = None, concurrency: int = 50,
-                 pool: str = "gevent") -> subprocess.Popen:
-    """A real `celery -A payouts_tasks worker` subprocess; returns once it answers a ping."""
-    from payouts_tasks import app
-
-    hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
-    cmd = [sys.executable, "-m", "celery", "-A", "payouts_tasks", "worker",
-           "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO",
-           "--hostname", hostname, "--without-mingle", "--without-gossip"]
-    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
-    proc.log_file = log
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}: see {log_path}")
-        replies = app.control.ping(destination=[hostname.replace("%h", os.uname().nodename)],
-                                   timeout=0.5)
-        if replies:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"worker did not answer a ping within 30 s: see {log_path}")
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.log_file.close()
-
-
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory):
-    """One real gevent worker for the session (tests that kill workers start their own)."""
-    proc = start_worker(tmp_path_factory.mktemp("worker") / "worker.log")
-    yield proc
-    stop_worker(proc)
+    """One real worker (the Procfile's) on the session Redis; the fault suite starts its own."""
+    with Stack(tmp_path_factory.mktemp("worker")) as stack:
+        yield stack.start_worker()
 
 
 @pytest.fixture

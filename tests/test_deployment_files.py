@@ -19,12 +19,12 @@ import pytest
 import redis
 import yaml
 from honcho.environ import parse as parse_dotenv
-from honcho.environ import parse_procfile
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from payouts_cli.local_redis import find_redis_server, free_port
 from payouts_core.settings import EXAMPLE_API_KEYS, Settings, SettingsError
+from payouts_devstack import free_port, read_procfile
+from payouts_devstack.redis_server import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,7 +48,8 @@ def settings_vars() -> set[str]:
 
 
 def procfile() -> dict[str, str]:
-    return dict(parse_procfile(read("Procfile")).processes)
+    """Parsed as `make run` (honcho) and every harness (payouts_devstack) parse it."""
+    return read_procfile()
 
 
 def procfile_vars() -> set[str]:

@@ -18,4 +18,4 @@ def make_stack(tmp_path):
 
     yield make
     for stack in stacks:
-        stack.stop()
+        stack.close()

@@ -1,30 +1,27 @@
 """A whole service stack in subprocesses, for fault tests that kill and restart its parts.
 
-Each stack has its own Redis (append-only file on), the API under gunicorn as in production,
-Celery workers and beat. The test process talks to it over HTTP and reads Redis directly only
-to check the outcome.
+Each stack is a payouts_devstack.Stack: its own Redis (append-only file on) and the API, Celery
+workers and beat from the Procfile's lines. The test process talks to it over HTTP and reads
+Redis directly only to check the outcome.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import redis
 import requests
 
-from payouts_cli.local_redis import free_port, start_redis
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
 from payouts_core.store import BatchRef, PayoutStore
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from payouts_devstack import Process, StackError
+from payouts_devstack import Stack as DevStack
+from payouts_devstack.process import ROOT
 
 STACK_ENV = {
     "PAYOUTS_RATELIMIT_ENABLED": "false",
@@ -44,92 +41,42 @@ STACK_ENV = {
 
 
 CLIENT = "tests"  # the owner of PAYOUTS_API_KEY in tests/conftest.py
+CRASH_EXIT = 137  # how payouts_tasks.faults' crash hook ends a worker (os._exit)
 
 
-class Stack:
+class Stack(DevStack):
     def __init__(self, tmp_path: Path, **env: str):
-        self.tmp = tmp_path
-        self.redis_port = free_port()
-        self.redis_dir = tmp_path / "redis"
-        self.redis_proc = start_redis(self.redis_port, self.redis_dir)
-        self.url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.env = {**os.environ, **STACK_ENV, **env, "REDIS_URL": self.url}
-        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PAYOUTS_STORE_URL",
-                     "RATELIMIT_STORAGE_URI"):
-            self.env.pop(name, None)
-        self.procs: list[subprocess.Popen] = []
-        self.api_url: str | None = None
-        self.client = redis.Redis.from_url(self.url, decode_responses=True)
+        super().__init__(tmp_path, {**os.environ, **STACK_ENV, **env})
+        self.start_redis()
+        self.client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.store = PayoutStore(self.client)
         self.provider = SimulatedPixProvider(self.client, ispb="13935893")
-        self._count = 0
 
-    # -- processes ---------------------------------------------------------------------
+    @property
+    def procs(self) -> list[Process]:
+        return self.processes
 
-    def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-        self._count += 1
-        log_path = self.tmp / f"{name}-{self._count}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        proc.log_path, proc.log_file = log_path, log
-        self.procs.append(proc)
-        return proc
+    def start_worker(self, **options) -> Process:
+        """A Procfile worker, once it answers a ping. With the crash hook on, it may consume a task
+        and die before its first reply: the scenario sees it exited and starts another."""
+        worker = super().start_worker(**options, wait=False)
+        try:
+            self.wait_for_workers([worker], timeout=30)
+        except StackError:
+            if worker.returncode != CRASH_EXIT:
+                raise
+        return worker
 
-    def start_api(self) -> None:
-        port = free_port()
-        self._spawn("api", [str(BIN / "gunicorn"), "payouts_api:create_app()",
-                            "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                            "--worker-class", "gthread", "--threads", "8"])
-        self.api_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{self.api_url}/openapi.json", timeout=5)
-                return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("API did not start")
-
-    def start_worker(self, pool: str = "gevent", concurrency: int = 100,
-                     env: dict | None = None) -> subprocess.Popen:
-        name = f"w{self._count + 1}-{os.getpid()}@faults"
-        proc = self._spawn("worker", [str(BIN / "celery"), "-A", "payouts_tasks", "worker",
-                                      "--pool", pool, "--concurrency", str(concurrency),
-                                      "--hostname", name, "--loglevel", "INFO",
-                                      "--without-mingle", "--without-gossip"], env)
-        wait_for_log(proc, "ready.", 30)
-        return proc
-
-    def start_service(self, **worker_options) -> subprocess.Popen:
+    def start_service(self, **worker_options) -> Process:
         """API, beat and one worker, as production runs them; returns the worker."""
         self.start_api()
         self.start_beat()
         return self.start_worker(**worker_options)
 
-    def start_beat(self) -> subprocess.Popen:
-        return self._spawn("beat", [str(BIN / "celery"), "-A", "payouts_tasks", "beat",
-                                    "--loglevel", "INFO",
-                                    "--schedule", str(self.tmp / "beat-schedule")])
-
-    def stop_redis(self) -> None:
-        """A clean Redis shutdown: the append-only file is flushed, as in a restart."""
-        self.redis_proc.send_signal(signal.SIGTERM)
-        self.redis_proc.wait(timeout=20)
-
-    def start_redis_again(self) -> None:
-        self.redis_proc = start_redis(self.redis_port, self.redis_dir)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            proc.log_file.close()
+    def close(self, grace: float = 5.0) -> None:
+        """Every scenario has finished its batches by now: a short grace keeps the suite fast."""
         self.client.close()
-        if self.redis_proc.poll() is None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(timeout=20)
+        super().close(grace)
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -166,7 +113,7 @@ class Stack:
             time.sleep(0.2)
         stuck = {b: (r or {}).get("processed") for b, r in zip(batch_ids, reports, strict=True)
                  if not r or r["status"] != "completed"}
-        raise AssertionError(f"batches not completed after {timeout} s: {stuck}; logs in {self.tmp}")
+        raise AssertionError(f"batches not completed after {timeout} s: {stuck}; logs in {self.workdir}")
 
     # -- the checks every fault scenario ends with ---------------------------------------
 
@@ -181,22 +128,11 @@ class Stack:
         assert all(n == 1 for n in by_external_id.values())
         paid = {d["e2e_id"] for r in reports for d in r["details"] if d["status"] == "paid"}
         assert paid <= {t.e2e_id for t in settled}
-        cli = subprocess.run([str(BIN / "payouts"), "reconcile", "--json"], env=self.env,
+        cli = subprocess.run(["payouts", "reconcile", "--json"], env=self.env,
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert json.loads(cli.stdout) == []
         return reports
-
-
-def wait_for_log(proc: subprocess.Popen, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in proc.log_path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: see {proc.log_path}")
-        time.sleep(0.1)
-    raise RuntimeError(f"{text!r} not logged within {timeout} s: see {proc.log_path}")
 
 
 def items(prefix: str, count: int, pix_key: str = "someone@example.com", start: int = 0) -> list[dict]:
