@@ -39,10 +39,12 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib.resources import files
 from typing import NamedTuple
 from urllib.parse import unquote
 
+import orjson
 import redis
 
 from payouts_core.rules import (
@@ -110,7 +112,7 @@ class Order:
     pix_key_masked: str
     pix_key_type: str = ""
 
-    @property
+    @cached_property
     def terms(self) -> str:
         return payout_terms(self.amount_cents, self.pix_key, self.user_id)
 
@@ -151,8 +153,7 @@ def decode_cursor(cursor: str, *types: type) -> tuple:
 
 def fingerprint(payload: dict) -> str:
     """A stable digest of a validated batch payload: same payload, same fingerprint."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def client_batches_key(client: str) -> str:
@@ -234,14 +235,14 @@ class PayoutStore:
             }
             if order.pix_key_type:
                 public["pix_key_type"] = order.pix_key_type
-            items[str(order.index)] = json.dumps(public, separators=(",", ":"))
+            items[str(order.index)] = orjson.dumps(public)
             record = {"external_id": order.external_id, "amount_cents": order.amount_cents,
                       "pix_key": order.pix_key, "terms": order.terms,
                       "claim": claim_key(ref.client, order.external_id)}
             if order.external_id in first_seen:  # a repeat waits for the previous occurrence
                 record["wait_for"] = first_seen[order.external_id]
             first_seen[order.external_id] = order.index
-            private[str(order.index)] = json.dumps(record, separators=(",", ":"))
+            private[str(order.index)] = orjson.dumps(record)
 
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -395,6 +396,14 @@ class PayoutStore:
     def report(self, ref: BatchRef) -> dict | None:
         raw = self.report_json(ref)
         return None if raw is None else json.loads(raw)
+
+    def amounts_by_status(self, ref: BatchRef) -> dict[str, int]:
+        """Cents per item status (paid, failed, ...): the batch.completed event's amounts."""
+        totals: dict[str, int] = {}
+        for raw in self.client.hvals(batch_keys(ref)[1]):
+            item = json.loads(raw)
+            totals[item["status"]] = totals.get(item["status"], 0) + item["amount_cents"]
+        return totals
 
     def item_terms(self, ref: BatchRef) -> dict[int, str]:
         """Index -> terms digest of every item (reconciliation compares duplicates with them)."""
