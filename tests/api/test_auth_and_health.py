@@ -90,7 +90,7 @@ def test_readyz_sees_redis_broker_and_a_worker(client):
 
 
 def test_readyz_is_503_when_redis_is_unreachable(make_app):
-    from payouts_cli.local_redis import free_port
+    from payouts_devstack.redis_server import free_port
 
     app = make_app(store_url=f"redis://127.0.0.1:{free_port()}/0")
     response = app.test_client().get("/readyz")

@@ -121,7 +121,7 @@ def test_unknown_route_and_wrong_method_are_problems(client):
 
 
 def test_redis_down_is_503_and_nothing_is_accepted(make_app, redis_client):
-    from payouts_cli.local_redis import free_port
+    from payouts_devstack.redis_server import free_port
 
     app = make_app(store_url=f"redis://127.0.0.1:{free_port()}/0")
     before = snapshot(redis_client)

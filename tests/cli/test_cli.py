@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from payouts_cli.local_redis import free_port
 from payouts_cli.main import _error_lines, brl, cli, summary_line
+from payouts_devstack.redis_server import free_port
 
 
 @pytest.fixture(autouse=True)

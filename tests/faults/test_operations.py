@@ -10,7 +10,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from payouts_cli.local_redis import free_port
+from payouts_devstack.redis_server import free_port
 from tests.faults.stack import items
 
 
