@@ -1,5 +1,7 @@
 """The Celery application: `celery -A payouts_tasks worker` finds it as `payouts_tasks.app`."""
 
+import logging
+
 from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun
 
@@ -9,9 +11,14 @@ from payouts_core.settings import get_settings
 app = Celery(
     "payouts_tasks",
     include=["payouts_tasks.settle", "payouts_tasks.aggregate", "payouts_tasks.sweeper",
-             "payouts_tasks.batches", "payouts_tasks.metrics"],
+             "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
 )
 app.config_from_object("celeryconfig")
+
+
+# Celery's own line per task received and succeeded: two INFO lines per item that say less than
+# our `settle outcome` line, at a cost in worker CPU (issue 12). Shown at LOG_LEVEL=debug.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
 
 @setup_logging.connect
@@ -19,6 +26,9 @@ def _json_logs(**_kwargs) -> None:
     """Workers and beat log JSON lines like the API (connecting here replaces Celery's setup)."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.log_level != "DEBUG":
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @task_prerun.connect
