@@ -12,6 +12,7 @@ from payouts_api.openapi import init_docs
 from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
 from payouts_api.request_context import init_request_context
+from payouts_api.webhooks import bp as webhooks_bp
 from payouts_core.logs import configure_logging
 from payouts_core.settings import Settings, SettingsError, get_settings
 from payouts_core.store import PayoutStore
@@ -54,5 +55,6 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     app.register_blueprint(payouts_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(webhooks_bp)
     init_docs(app)
     return app

@@ -13,10 +13,18 @@ from payouts_api.schemas import (
     BatchPageSchema,
     BatchReportSchema,
     BatchRequestSchema,
+    DeliveryPageSchema,
+    DeliveryQuerySchema,
+    DeliverySchema,
     HistoryQuerySchema,
     ItemPageSchema,
     ItemsQuerySchema,
     ProblemSchema,
+    RotateSecretSchema,
+    WebhookCreateSchema,
+    WebhookListSchema,
+    WebhookSchema,
+    WebhookWithSecretSchema,
 )
 
 SPEC_ROUTE = "/openapi.json"
@@ -43,6 +51,51 @@ def _report(description: str, location: bool = False) -> dict:
 
 def _json(description: str, schema: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _webhook_paths(spec: APISpec, common: dict, reads: dict) -> None:
+    for name, schema in (("WebhookCreate", WebhookCreateSchema), ("Webhook", WebhookSchema),
+                         ("WebhookWithSecret", WebhookWithSecretSchema), ("WebhookList", WebhookListSchema),
+                         ("RotateSecret", RotateSecretSchema), ("Delivery", DeliverySchema),
+                         ("DeliveryPage", DeliveryPageSchema)):
+        spec.components.schema(name, schema=schema)
+    writes = {key: common[key] for key in ("400", "401", "413", "415", "422", "429", "503")}
+    endpoint_id = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    unknown = _problem("Unknown webhook endpoint (or another client's).")
+    spec.path(path="/api/webhooks", operations={
+        "post": {"summary": "Register a webhook endpoint (its secret is shown once)",
+                 "requestBody": {"required": True,
+                                 "content": {"application/json": {"schema": "WebhookCreate"}}},
+                 "responses": {"201": _json("Registered; keep the secret.", "WebhookWithSecret"),
+                               **writes}},
+        "get": {"summary": "Your webhook endpoints (never their secrets)",
+                "responses": {"200": _json("The endpoints.", "WebhookList"), **reads}},
+    })
+    spec.path(path="/api/webhooks/{endpoint_id}", operations={
+        "get": {"summary": "One webhook endpoint", "parameters": [endpoint_id],
+                "responses": {"200": _json("The endpoint.", "Webhook"), "404": unknown, **reads}},
+        "delete": {"summary": "Remove a webhook endpoint", "parameters": [endpoint_id],
+                   "responses": {"204": {"description": "Removed."}, "404": unknown, **reads}},
+    })
+    spec.path(path="/api/webhooks/{endpoint_id}/rotate-secret", operations={"post": {
+        "summary": "A new signing secret; the current one keeps signing during the grace period",
+        "parameters": [endpoint_id],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": "RotateSecret"}}},
+        "responses": {"200": _json("The new secret, shown once.", "WebhookWithSecret"), "404": unknown,
+                      **writes},
+    }})
+    spec.path(path="/api/webhooks/{endpoint_id}/deliveries", operations={"get": {
+        "summary": "The endpoint's delivery log, newest first",
+        "parameters": [endpoint_id, {"in": "query", "schema": DeliveryQuerySchema}],
+        "responses": {"200": _json("A page of deliveries.", "DeliveryPage"), "404": unknown, **reads},
+    }})
+    spec.path(path="/api/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver", operations={"post": {
+        "summary": "Send a delivery again (same webhook-id), with a fresh retry window",
+        "parameters": [endpoint_id, {"name": "delivery_id", "in": "path", "required": True,
+                                     "schema": {"type": "string"}}],
+        "responses": {"202": _json("Queued.", "Delivery"),
+                      "404": _problem("Unknown endpoint or delivery."), **reads},
+    }})
 
 
 def build_openapi(max_items: int, max_amount_cents: int) -> dict:
@@ -111,6 +164,7 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
         "responses": {"200": _json("A page of items.", "ItemPage"), "404": _problem("Unknown batch."),
                       **reads},
     }})
+    _webhook_paths(spec, common, reads)
     document = spec.to_dict()
     # Every documented operation needs a key, sent either way.
     document["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -19,6 +19,13 @@ from marshmallow.validate import Length, OneOf, Range, Regexp
 from payouts_core.pix_keys import KEY_TYPES, MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
 from payouts_core.rules import ItemStatus
 from payouts_core.store import decode_cursor
+from payouts_core.webhooks import (
+    EVENT_TYPES,
+    MAX_URL_LENGTH,
+    DestinationRefused,
+    check_literal_host,
+    parse_url,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -283,5 +290,91 @@ class ItemPageSchema(Schema):
     batch_id = fields.String(required=True)
     items = fields.List(fields.Nested(IndexedItemSchema), required=True,
                         metadata={"description": "In submission order."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})
+
+
+# -- webhooks (/api/webhooks) ------------------------------------------------------------------
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed", "refused")
+MAX_SECRET_GRACE_S = 7 * 24 * 3600
+
+
+class WebhookCreateSchema(Schema):
+    """An endpoint to register. The URL is checked with the settings in the Context: https
+    (http only where allowed), and no literal private or loopback address unless allowed."""
+
+    url = fields.String(required=True, validate=Length(min=1, max=MAX_URL_LENGTH), metadata={
+        "description": "Where events are POSTed: https://, no user info; resolved and checked "
+                       "against private addresses before every delivery.",
+        "example": "https://platform.example/hooks/payouts"})
+    events = fields.List(fields.String(validate=OneOf(EVENT_TYPES)), load_default=list(EVENT_TYPES),
+                         validate=Length(min=1, max=len(EVENT_TYPES)),
+                         metadata={"description": "Event types to receive (default: all)."})
+    description = fields.String(load_default="", validate=Length(max=200))
+
+    @validates("url")
+    def _destination(self, value: str, **_kwargs) -> None:
+        allowed = Context.get({})
+        try:
+            check_literal_host(parse_url(value, allowed.get("allow_http", False)),
+                               allowed.get("allow_private", False))
+        except DestinationRefused as exc:
+            raise ValidationError(str(exc)) from None
+
+    @post_load
+    def _unique_events(self, data: dict, **_kwargs) -> dict:
+        data["events"] = list(dict.fromkeys(data["events"]))
+        return data
+
+
+class RotateSecretSchema(Schema):
+    grace_period_s = fields.Integer(validate=Range(min=0, max=MAX_SECRET_GRACE_S), metadata={
+        "description": "Seconds the current secret keeps signing beside the new one "
+                       "(default PAYOUTS_WEBHOOK_ROTATION_GRACE_S, a day)."})
+
+
+class WebhookSchema(Schema):
+    id = fields.String(required=True, metadata={"example": "we_0123456789abcdef0123456789abcdef"})
+    url = fields.String(required=True)
+    events = fields.List(fields.String(metadata={"enum": list(EVENT_TYPES)}), required=True)
+    description = fields.String(required=True)
+    created_at = fields.String(required=True)
+    previous_secret_expires_at = fields.String(required=True, allow_none=True, metadata={
+        "description": "Until then, the previous secret also signs (after a rotation)."})
+
+
+class WebhookWithSecretSchema(WebhookSchema):
+    secret = fields.String(required=True, metadata={
+        "description": "The signing secret (Standard Webhooks `whsec_...`): shown only now."})
+
+
+class WebhookListSchema(Schema):
+    webhooks = fields.List(fields.Nested(WebhookSchema), required=True)
+
+
+class DeliverySchema(Schema):
+    id = fields.String(required=True, metadata={
+        "description": "The `webhook-id` header: the same on every attempt; deduplicate on it."})
+    endpoint_id = fields.String(required=True)
+    event_id = fields.String(required=True)
+    event_type = fields.String(required=True, metadata={"enum": list(EVENT_TYPES)})
+    status = fields.String(required=True, metadata={"enum": list(DELIVERY_STATUSES), "description":
+                           "refused: the URL resolved to an address the SSRF guard refuses."})
+    attempts = fields.Integer(required=True)
+    last_status_code = fields.Integer(required=True, allow_none=True)
+    last_error = fields.String(required=True, allow_none=True)
+    created_at = fields.String(required=True)
+    next_attempt_at = fields.String(required=True, allow_none=True)
+    completed_at = fields.String(required=True, allow_none=True)
+
+
+class DeliveryQuerySchema(PageQuerySchema):
+    cursor_parts = (int, str)
+
+
+class DeliveryPageSchema(Schema):
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True,
+                             metadata={"description": "Newest first."})
     next_cursor = fields.String(required=True, allow_none=True, metadata={
         "description": "Pass as `cursor` for the next page; null on the last page."})

@@ -148,6 +148,13 @@ class Settings:
     worker_metrics_addr: str
     readyz_timeout_s: float
     api_url: str
+    webhooks_allow_http: bool
+    webhooks_allow_private: bool
+    webhook_timeout_s: float
+    webhook_backoff_base_s: float
+    webhook_backoff_max_s: float
+    webhook_retry_window_s: int
+    webhook_rotation_grace_s: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -224,14 +231,22 @@ class Settings:
             worker_metrics_addr=env.get("PAYOUTS_WORKER_METRICS_ADDR") or "127.0.0.1",
             readyz_timeout_s=_float(env, "PAYOUTS_READYZ_TIMEOUT_S", 1.0, 0.05, 30.0),
             api_url=(env.get("PAYOUTS_API_URL") or "http://127.0.0.1:8000").rstrip("/"),
+            webhooks_allow_http=_bool(env, "PAYOUTS_WEBHOOKS_ALLOW_HTTP", False),
+            webhooks_allow_private=_bool(env, "PAYOUTS_WEBHOOKS_ALLOW_PRIVATE", False),
+            webhook_timeout_s=_float(env, "PAYOUTS_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 60.0),
+            webhook_backoff_base_s=_float(env, "PAYOUTS_WEBHOOK_BACKOFF_BASE_S", 10.0, 0.0, 3600.0),
+            webhook_backoff_max_s=_float(env, "PAYOUTS_WEBHOOK_BACKOFF_MAX_S", 3600.0, 0.0, 86400.0),
+            webhook_retry_window_s=_int(env, "PAYOUTS_WEBHOOK_RETRY_WINDOW_S", 86400, minimum=1),
+            webhook_rotation_grace_s=_int(env, "PAYOUTS_WEBHOOK_ROTATION_GRACE_S", 86400),
         )
         refuse_unsafe(settings)
         return settings
 
 
 def refuse_unsafe(settings: Settings) -> None:
-    """Refuse at start what would let a client, or anyone who read the docs, move money or stop
-    workers (SPEC §9); development and test may run with it, except amounts JSON cannot keep exact."""
+    """Refuse at start what would let a client, or anyone who read the docs, move money, stop
+    workers or reach the operator's network through a webhook (SPEC §9); development and test
+    may run with it, except amounts JSON cannot keep exact."""
     if settings.max_amount_cents > JSON_EXACT_MAX_CENTS:
         raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS must be at most {JSON_EXACT_MAX_CENTS} (2**53 - 1): "
                             "the report's JSON (Lua cjson) would round larger amounts")
@@ -249,6 +264,12 @@ def refuse_unsafe(settings: Settings) -> None:
             raise SettingsError(f"PAYOUTS_API_KEYS: the key named {name!r} is the published example key "
                                 f"from .env.example, {why}: generate one (python -c 'import secrets; "
                                 "print(secrets.token_urlsafe(32))')")
+    if settings.webhooks_allow_http:
+        raise SettingsError(f"PAYOUTS_WEBHOOKS_ALLOW_HTTP=true is {why}: events and their signatures "
+                            "would cross the network in clear text")
+    if settings.webhooks_allow_private:
+        raise SettingsError(f"PAYOUTS_WEBHOOKS_ALLOW_PRIVATE=true is {why}: any client could make the "
+                            "workers call the operator's own network (SSRF)")
     if settings.max_amount_cents > PRODUCTION_MAX_AMOUNT_CENTS:
         raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS={settings.max_amount_cents} is above "
                             f"{PRODUCTION_MAX_AMOUNT_CENTS} (1,000 times the R$ 14.999,99 cap), {why}: "

@@ -8,6 +8,7 @@ from payouts_core.report import summary_line
 from payouts_core.resources import get_store
 from payouts_core.store import BatchRef
 from payouts_tasks.celery_app import app
+from payouts_tasks.webhooks import emit_batch_completed
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,8 @@ def aggregate(self, client: str, batch_id: str) -> dict:
     state = store.complete_batch(ref)
     if state[0] == "incomplete":  # every header task returned, so this is a lagging write
         raise self.retry(countdown=1)
+    if state[0] == "completed":  # also when a redelivered callback sees it again: emitted once
+        emit_batch_completed(ref)
     summary = store.summary(ref) or {}
     if summary:
         log.info("batch completed: %s", summary_line(summary), extra=summary)

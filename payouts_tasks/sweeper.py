@@ -8,6 +8,7 @@ Three ways a batch can be left behind, and what the sweep does about each:
 - no item finished for PAYOUTS_STALL_AFTER_S (settle messages lost or failed): publish a chord
   of settle tasks for the unfinished items. Settle is idempotent per item, so a message that
   was only slow, not lost, cannot pay twice.
+It also sends the webhook deliveries that are due and that no task message carries.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from payouts_core.store import BatchRef
 from payouts_tasks.batches import publish_if_abandoned, publish_items
 from payouts_tasks.celery_app import app
 from payouts_tasks.metrics import SWEEP_ERRORS
+from payouts_tasks.webhooks import emit_batch_completed, redrive_due
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def sweep() -> dict[str, str]:
                 action = "error"
             if action:
                 done[ref.member] = action
+        if resent := redrive_due():
+            done["webhook deliveries re-sent"] = str(resent)
         return done
     finally:
         store.release_sweep_lock()
@@ -69,7 +73,8 @@ def sweep_batch(ref: BatchRef, stall_after_s: int, grace_s: int) -> str | None:
     if info["processed"] >= info["total"]:
         if idle_s < grace_s:  # the chord's own callback is normally a moment away
             return None
-        store.complete_batch(ref)
+        if store.complete_batch(ref)[0] == "completed":
+            emit_batch_completed(ref)  # the chord callback that would have emitted it was lost
         log.warning("sweep: every item final but batch not completed; completed it", extra=context)
         return "completed"
     if idle_s < stall_after_s:

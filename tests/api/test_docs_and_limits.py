@@ -10,7 +10,11 @@ def test_openapi_document_is_built_from_the_request_schemas(client):
 
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/api/payouts", "/payouts/batch", "/api/payouts/{batch_id}",
-                                      "/api/payouts/{batch_id}/items"}
+                                      "/api/payouts/{batch_id}/items", "/api/webhooks",
+                                      "/api/webhooks/{endpoint_id}",
+                                      "/api/webhooks/{endpoint_id}/rotate-secret",
+                                      "/api/webhooks/{endpoint_id}/deliveries",
+                                      "/api/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"}
     item = document["components"]["schemas"]["PayoutItem"]
     assert set(item["required"]) == {"external_id", "user_id", "amount_cents", "pix_key"}
     assert item["properties"]["amount_cents"]["maximum"] == 1_499_999

@@ -44,7 +44,9 @@ def isolate_ids(case) -> None:
             owner[name] = RUN + value
 
 
-@schema.parametrize()
+# Endpoints registered here would receive the `tests` client's events from the e2e worker:
+# tests/api/test_webhooks.py fuzzes registration under a client of its own.
+@schema.exclude(path_regex="^/api/webhooks", method="POST").parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_api_matches_its_openapi_document(case):
     isolate_ids(case)

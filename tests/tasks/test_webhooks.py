@@ -1,0 +1,202 @@
+"""Delivery attempts in-process against a real receiver on 127.0.0.1 (issue 13): signature,
+retries, answers that are not retried, timeouts, the SSRF guard, secret rotation, one event per
+batch. The Celery task only wraps `attempt_delivery`; tests/e2e/test_webhooks.py runs it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from standardwebhooks import Webhook
+
+from payouts_core.resources import store_client
+from payouts_core.settings import get_settings
+from payouts_core.webhooks import WebhookStore
+from payouts_tasks.webhooks import attempt_delivery, backoff_s
+from tests.webhook_receiver import Receiver
+
+LOOPBACK = replace(get_settings(), webhooks_allow_http=True, webhooks_allow_private=True,
+                   webhook_timeout_s=0.5, webhook_backoff_base_s=0.01, webhook_backoff_max_s=0.05)
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def hooks():
+    return WebhookStore(store_client())
+
+
+def one_delivery(hooks, uid, url) -> tuple[str, str, str]:
+    """(client, secret, delivery id) of a fresh client with one endpoint and one event."""
+    client = f"t{uid}"
+    endpoint = hooks.add_endpoint(client, url, ["batch.completed"], "")
+    created, [delivery_id] = hooks.emit(client, "batch.completed", f"batch:{uid}", {"batch_id": uid}, 0)
+    assert created
+    return client, endpoint["secret"], delivery_id
+
+
+def run_until_final(client, delivery_id, settings=LOOPBACK, limit=10) -> list[str]:
+    """Attempts as the task makes them (a retry waits its countdown: here, well under a second)."""
+    outcomes = []
+    for _ in range(limit):
+        outcome, countdown = attempt_delivery(settings, client, delivery_id)
+        if outcome in ("not-due", "busy"):
+            continue
+        outcomes.append(outcome)
+        if countdown is None:
+            return outcomes
+        time.sleep(countdown)
+    return outcomes
+
+
+def test_the_signature_verifies_with_the_documented_algorithm(hooks, receiver, uid):
+    client, secret, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    assert run_until_final(client, delivery_id) == ["delivered"]
+
+    [request] = receiver.received
+    event = Webhook(secret).verify(request.body, request.headers)
+    assert request.headers["webhook-id"] == delivery_id
+    assert event["type"] == "batch.completed" and event["data"] == {"batch_id": uid}
+    assert set(event) == {"id", "type", "created_at", "data"}
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert hooks.delivery(client, delivery_id)["status"] == "delivered"
+
+
+def test_500_twice_then_200_is_delivered_once_after_three_attempts(hooks, receiver, uid):
+    receiver.script = [500, 500, 200]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    assert run_until_final(client, delivery_id) == ["retry", "retry", "delivered"]
+
+    assert len(receiver.received) == 3
+    assert {r.headers["webhook-id"] for r in receiver.received} == {delivery_id}
+    assert len({r.body for r in receiver.received}) == 1
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"], log["last_status_code"]) == ("delivered", 3, 200)
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("done", None)  # never sent again
+    assert len(receiver.received) == 3
+
+
+@pytest.mark.parametrize("status", [410, 400, 404, 301])
+def test_other_answers_are_not_retried(hooks, receiver, uid, status):
+    receiver.script = [status, 200]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    assert run_until_final(client, delivery_id) == ["failed"]
+
+    assert len(receiver.received) == 1
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["last_status_code"], log["next_attempt_at"]) == ("failed", status, None)
+
+
+def test_a_timeout_is_retried(hooks, receiver, uid):
+    receiver.script = [("sleep", 1.5, 200), 200]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    assert run_until_final(client, delivery_id) == ["retry", "delivered"]
+
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"]) == ("delivered", 2)
+    assert receiver.received[0].headers["webhook-id"] == receiver.received[1].headers["webhook-id"]
+
+
+def test_connection_refused_is_retried(hooks, uid):
+    closed = Receiver().start()
+    url = closed.url
+    closed.stop()
+    client, _, delivery_id = one_delivery(hooks, uid, url)
+
+    outcome, countdown = attempt_delivery(LOOPBACK, client, delivery_id)
+
+    assert outcome == "retry" and countdown is not None
+    assert hooks.delivery(client, delivery_id)["status"] == "pending"
+
+
+def test_429_honours_retry_after(hooks, receiver, uid):
+    receiver.script = [(429, {"Retry-After": "7"})]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    outcome, countdown = attempt_delivery(LOOPBACK, client, delivery_id)
+
+    assert outcome == "retry" and countdown >= 7
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("not-due", None)
+
+
+def test_retries_stop_when_the_window_is_over(hooks, receiver, uid):
+    receiver.script = [503]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    short = replace(LOOPBACK, webhook_retry_window_s=1, webhook_backoff_base_s=2, webhook_backoff_max_s=2)
+
+    assert attempt_delivery(short, client, delivery_id) == ("failed", None)
+    assert "retry window over" in hooks.delivery(client, delivery_id)["last_error"]
+
+
+def test_the_ssrf_guard_refuses_loopback_before_connecting(hooks, receiver, uid):
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    guarded = replace(LOOPBACK, webhooks_allow_private=False)
+
+    assert attempt_delivery(guarded, client, delivery_id) == ("refused", None)
+
+    assert receiver.received == []  # no connection was made
+    log = hooks.delivery(client, delivery_id)
+    assert log["status"] == "refused" and "loopback" in log["last_error"]
+
+
+def test_during_a_rotation_both_secrets_sign(hooks, receiver, uid):
+    client, old_secret, delivery_id = one_delivery(hooks, uid, receiver.url)
+    endpoint_id = hooks.delivery(client, delivery_id)["endpoint_id"]
+    new_secret = hooks.rotate_secret(client, endpoint_id, grace_s=60)["secret"]
+
+    assert run_until_final(client, delivery_id) == ["delivered"]
+
+    [request] = receiver.received
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old_secret, new_secret):
+        Webhook(secret).verify(request.body, request.headers)
+
+
+def test_after_the_grace_period_only_the_new_secret_signs(hooks, receiver, uid):
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    endpoint_id = hooks.delivery(client, delivery_id)["endpoint_id"]
+    new_secret = hooks.rotate_secret(client, endpoint_id, grace_s=0)["secret"]
+
+    run_until_final(client, delivery_id)
+
+    [request] = receiver.received
+    assert request.headers["webhook-signature"].count("v1,") == 1
+    Webhook(new_secret).verify(request.body, request.headers)
+
+
+def test_an_event_is_emitted_once_per_fact(hooks, uid):
+    client = f"t{uid}"
+    hooks.add_endpoint(client, "https://a.example/hook", ["batch.completed"], "")
+    hooks.add_endpoint(client, "https://b.example/hook", ["batch.completed"], "")
+
+    first = hooks.emit(client, "batch.completed", "batch:x", {"n": 1}, 0)
+    again = hooks.emit(client, "batch.completed", "batch:x", {"n": 2}, 0)
+
+    assert first[0] and not again[0]
+    assert len(first[1]) == 2 and again[1] == first[1]
+    assert hooks.event_body(client, first[1][0]) == hooks.event_body(client, first[1][1])
+
+
+def test_a_deleted_endpoint_fails_its_pending_deliveries(hooks, receiver, uid):
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    hooks.delete_endpoint(client, hooks.delivery(client, delivery_id)["endpoint_id"])
+
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("failed", None)
+    assert receiver.received == []
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    settings = replace(LOOPBACK, webhook_backoff_base_s=10, webhook_backoff_max_s=3600)
+    for attempt, full in ((1, 10), (2, 20), (5, 160), (20, 3600)):
+        assert full / 2 <= backoff_s(settings, attempt) <= full
+    assert backoff_s(settings, 1, retry_after=120) == 120
