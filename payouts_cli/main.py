@@ -374,3 +374,49 @@ def reconcile(batch_id: str | None, as_json: bool, client: str | None) -> None:
 
 if __name__ == "__main__":
     cli()
+
+
+@cli.group()
+def webhooks() -> None:
+    """Your webhook endpoints (events such as batch.completed are POSTed to them, signed)."""
+
+
+@webhooks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
+@click.pass_context
+def webhooks_list(ctx: click.Context, as_json: bool) -> None:
+    _, body = _api(ctx).request("GET", "/api/webhooks")
+    if as_json:
+        print_json(body)
+        return
+    table = Table("id", "url", "events", "description")
+    for endpoint in body["webhooks"]:
+        table.add_row(endpoint["id"], endpoint["url"], ",".join(endpoint["events"]), endpoint["description"])
+    Console().print(table)
+
+
+@webhooks.command("add")
+@click.argument("url")
+@click.option("--event", "events", multiple=True, help="Event type to receive (repeatable; default all).")
+@click.option("--description", default="", help="A note for yourself.")
+@click.pass_context
+def webhooks_add(ctx: click.Context, url: str, events: tuple[str, ...], description: str) -> None:
+    """Register URL; prints the endpoint with its signing secret, shown only this once."""
+    body = {"url": url, "description": description, **({"events": list(events)} if events else {})}
+    _, created = _api(ctx).request("POST", "/api/webhooks", json=body)
+    print_json(created)
+
+
+@webhooks.command("delete")
+@click.argument("endpoint_id")
+@click.pass_context
+def webhooks_delete(ctx: click.Context, endpoint_id: str) -> None:
+    api = _api(ctx)
+    try:
+        response = api.session.delete(f"{api.base_url}/api/webhooks/{quote(endpoint_id, safe='')}",
+                                      timeout=api.timeout)
+    except requests.RequestException as exc:
+        raise CliError(f"cannot reach the API at {api.base_url} ({_reason(exc, api.timeout)})") from None
+    if response.status_code >= 400:
+        raise ApiError(response)
+    click.echo(f"deleted {endpoint_id}")
