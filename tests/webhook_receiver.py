@@ -22,7 +22,8 @@ class Receiver:
     script: list = field(default_factory=lambda: [200])
     received: list[Received] = field(default_factory=list)
 
-    def start(self) -> Receiver:
+    def start(self, port: int = 0) -> Receiver:
+        """Serve on 127.0.0.1 (on `port`, to come back where an endpoint points after an outage)."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +47,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
