@@ -200,3 +200,20 @@ def test_backoff_doubles_with_jitter_and_is_capped():
     for attempt, full in ((1, 10), (2, 20), (5, 160), (20, 3600)):
         assert full / 2 <= backoff_s(settings, attempt) <= full
     assert backoff_s(settings, 1, retry_after=120) == 120
+
+
+def test_the_sweeper_resends_a_delivery_no_message_carries(hooks, uid, monkeypatch):
+    """A lost delivery message (broker wiped, emitter killed before sending) is re-sent once by
+    the sweep, then left to that message for the grace period."""
+    import payouts_tasks.webhooks as tasks_webhooks
+
+    client = f"t{uid}"
+    hooks.add_endpoint(client, "https://example.com/hooks", ["batch.completed"], "")
+    _, [delivery_id] = hooks.emit(client, "batch.completed", f"batch:{uid}", {"batch_id": uid}, 0)
+    sent = []
+    monkeypatch.setattr(tasks_webhooks.deliver, "delay", lambda *args: sent.append(args))
+
+    tasks_webhooks.redrive_due()
+    tasks_webhooks.redrive_due()
+
+    assert sent.count((client, delivery_id)) == 1
