@@ -81,6 +81,8 @@ EXAMPLE_API_KEYS = ("change-me-0123456789",)
 PRODUCTION_MAX_AMOUNT_CENTS = 1_499_999 * 1_000
 # Lua's cjson writes numbers as doubles: above 2**53 - 1 the report would round the amount.
 JSON_EXACT_MAX_CENTS = 2**53 - 1
+# settle stretches a retry countdown by up to 20 % (jitter): the longest is the ceiling times this.
+RETRY_JITTER = 1.2
 
 
 def key_digest(key: str) -> str:
@@ -164,21 +166,27 @@ class Settings:
         if len(ispb) != 8 or not ispb.isdigit():
             raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
         backoff_base = _float(env, "PAYOUTS_RETRY_BACKOFF_BASE_S", 0.5, 0.0, 60.0)
-        backoff_max = _float(env, "PAYOUTS_RETRY_BACKOFF_MAX_S", 30.0, 0.0, 600.0)
-        visibility = _int(env, "PAYOUTS_VISIBILITY_TIMEOUT_S", 600, minimum=10)
-        if backoff_max * 2 >= visibility:
-            raise SettingsError(
-                "PAYOUTS_RETRY_BACKOFF_MAX_S must stay well below PAYOUTS_VISIBILITY_TIMEOUT_S "
-                "(a countdown past the visibility timeout causes a redelivery)"
-            )
+        # Chosen together so a SIGKILLed worker's messages come back within about a minute on a
+        # Redis broker (docs/RELIABILITY.md, "Bounded redelivery"): visibility 70 s > time limit
+        # 55 s + the longest retry countdown (10 s + 20 % jitter), time limit > the SPI deadline.
+        backoff_max = _float(env, "PAYOUTS_RETRY_BACKOFF_MAX_S", 10.0, 0.0, 600.0)
+        visibility = _int(env, "PAYOUTS_VISIBILITY_TIMEOUT_S", 70, minimum=10)
         settlement_timeout = _float(env, "PIX_SIM_SETTLEMENT_TIMEOUT_S", 40.0, 0.1, 3600.0)
-        time_limit = _int(env, "PAYOUTS_SETTLE_TIME_LIMIT_S", 120, minimum=1)
+        time_limit = _int(env, "PAYOUTS_SETTLE_TIME_LIMIT_S", 55, minimum=1)
         if time_limit <= settlement_timeout:
             raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must exceed PIX_SIM_SETTLEMENT_TIMEOUT_S "
                                 "(the provider's deadline answers first; the time limit is the backstop)")
         if time_limit >= visibility:
             raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
                                 "(a task still running at the visibility timeout is delivered twice)")
+        # A Redis broker counts a retry's visibility from when the worker took it, so its countdown
+        # (at most the ceiling plus settle's 20 % jitter) and its run must both fit inside.
+        if backoff_max * RETRY_JITTER + time_limit >= visibility:
+            raise SettingsError(
+                "PAYOUTS_RETRY_BACKOFF_MAX_S x 1.2 + PAYOUTS_SETTLE_TIME_LIMIT_S must stay below "
+                "PAYOUTS_VISIBILITY_TIMEOUT_S (a retry still waiting or running at the visibility "
+                "timeout is delivered twice)"
+            )
         stall = _int(env, "PAYOUTS_STALL_AFTER_S", 300, minimum=1)
         if stall <= time_limit:
             raise SettingsError("PAYOUTS_STALL_AFTER_S must exceed PAYOUTS_SETTLE_TIME_LIMIT_S "

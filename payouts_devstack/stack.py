@@ -19,6 +19,7 @@ from celery import Celery
 from payouts_core.settings import Settings
 from payouts_devstack.process import Process, StackError, process_env
 from payouts_devstack.procfile import procfile_command
+from payouts_devstack.rabbitmq import RabbitNode, Vhost
 from payouts_devstack.redis_server import free_port, start_redis
 
 # Settings that would point the stack's processes at another Redis than its own.
@@ -30,7 +31,8 @@ WORKER_FLAGS = ("--without-mingle", "--without-gossip")
 
 class Stack:
     """Processes of one run, each logging to its own file in `workdir`. `close()` (or leaving the
-    with-block) stops them all, Redis last, and leaves nothing running."""
+    with-block) stops them all, then the RabbitMQ vhost or node it made, Redis last, and leaves
+    nothing running."""
 
     def __init__(self, workdir: Path, env: Mapping[str, str] | None = None):
         self.workdir = Path(workdir)
@@ -40,6 +42,8 @@ class Stack:
         self.redis: Process | None = None
         self.redis_url = self.env.get("REDIS_URL", "")
         self.api_url = ""
+        self.vhost: Vhost | None = None
+        self.rabbit_node: RabbitNode | None = None
         self._seq = itertools.count(1)
 
     # -- Redis -----------------------------------------------------------------------------
@@ -62,6 +66,28 @@ class Stack:
         """The stopped Redis again, on its port and with its data."""
         self.redis = start_redis(urlsplit(self.redis_url).port, self.workdir / "redis")
         return self.redis
+
+    # -- RabbitMQ --------------------------------------------------------------------------
+
+    def use_rabbitmq(self, private_node: bool = False) -> str:
+        """RabbitMQ as the broker of every process started afterwards (Redis stays result backend,
+        store and limiter storage): a vhost of its own on the machine's broker, or with
+        `private_node` a `rabbitmq-server` node of its own, which the caller may stop and start
+        (`rabbit_node`). Both are removed by `close()`. Returns the broker URL."""
+        if private_node:
+            node = RabbitNode(self.workdir)
+            try:
+                node.start()
+            except BaseException:
+                node.delete()
+                raise
+            self.rabbit_node = node
+            url = node.url
+        else:
+            self.vhost = Vhost()
+            url = self.vhost.url
+        self.env["CELERY_BROKER_URL"] = url
+        return url
 
     # -- processes -------------------------------------------------------------------------
 
@@ -157,6 +183,12 @@ class Stack:
         """Stop every process, newest first, Redis last; a second Ctrl-C cannot cut this short."""
         with _uninterruptible():
             self.stop(reversed(self.processes), grace)
+            if self.vhost is not None:
+                self.vhost.delete()
+                self.vhost = None
+            if self.rabbit_node is not None:
+                self.rabbit_node.delete()
+                self.rabbit_node = None
             if self.redis is not None:
                 self.redis.stop(grace)
 

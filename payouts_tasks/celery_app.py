@@ -1,15 +1,31 @@
 """The Celery application: `celery -A payouts_tasks worker` finds it as `payouts_tasks.app`."""
 
 import logging
+import math
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import setup_logging, task_postrun, task_prerun
 
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
 
+
+class PayoutsTask(Task):
+    """Countdowns rounded up to whole seconds on quorum queues: Celery 5.7's native delayed
+    delivery truncates a delay to whole seconds and refuses one under 1 s with ValueError
+    (`calculate_routing_key`), which would turn settle's sub-second retries into failures."""
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None,
+                    link_error=None, shadow=None, **options):
+        countdown = options.get("countdown")
+        if countdown and countdown > 0 and self.app.conf.task_default_queue_type == "quorum":
+            options["countdown"] = max(1, math.ceil(countdown))
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+
+
 app = Celery(
     "payouts_tasks",
+    task_cls=PayoutsTask,
     include=["payouts_tasks.settle", "payouts_tasks.aggregate", "payouts_tasks.sweeper",
              "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
 )

@@ -36,8 +36,9 @@ def test_overrides_win():
     ("PAYOUTS_API_KEYS", "a:0123456789abcdef,b:0123456789abcdef"),  # one key, two clients
     ("PAYOUTS_SETTLE_TIME_LIMIT_S", "10"),  # must exceed the 40 s settlement deadline
     ("PAYOUTS_RETRY_BACKOFF_MAX_S", "400"),  # must stay well below the visibility timeout
-    ("PAYOUTS_VISIBILITY_TIMEOUT_S", "100"),  # must exceed the settle time limit
-    ("PAYOUTS_STALL_AFTER_S", "60"),  # must exceed the settle time limit
+    ("PAYOUTS_VISIBILITY_TIMEOUT_S", "50"),  # must exceed the settle time limit
+    ("PAYOUTS_VISIBILITY_TIMEOUT_S", "60"),  # must exceed the time limit + the longest countdown
+    ("PAYOUTS_STALL_AFTER_S", "50"),  # must exceed the settle time limit
 ])
 def test_bad_values_are_refused_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):

@@ -1,7 +1,8 @@
 """A whole service stack in subprocesses, for fault tests that kill and restart its parts.
 
-Each stack is a payouts_devstack.Stack: its own Redis (append-only file on) and the API, Celery
-workers and beat from the Procfile's lines. The test process talks to it over HTTP and reads
+Each stack is a payouts_devstack.Stack: its own Redis (append-only file on), on request a
+RabbitMQ vhost or node of its own as the broker, and the API, Celery workers and beat from the
+Procfile's lines. The test process talks to it over HTTP and reads
 Redis directly only to check the outcome.
 """
 
@@ -13,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 import requests
 
@@ -39,6 +41,9 @@ STACK_ENV = {
     "PAYOUTS_WORKER_METRICS_PORT": "0",
 }
 
+
+# The scenarios a broker changes run on both: Redis (the default) and RabbitMQ (production).
+BROKERS = pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 
 CLIENT = "tests"  # the owner of PAYOUTS_API_KEY in tests/conftest.py
 CRASH_EXIT = 137  # how payouts_tasks.faults' crash hook ends a worker (os._exit)

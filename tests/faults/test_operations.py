@@ -11,11 +11,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from payouts_devstack.redis_server import free_port
-from tests.faults.stack import items
+from tests.faults.stack import BROKERS, items
 
 
-def test_sigterm_to_a_worker_mid_batch_loses_nothing_and_pays_nothing_twice(make_stack):
-    stack = make_stack()
+@BROKERS
+def test_sigterm_to_a_worker_mid_batch_loses_nothing_and_pays_nothing_twice(make_stack, broker):
+    stack = make_stack(broker)
     worker = stack.start_service()
     assert stack.post("term", items("t", 800)).status_code == 202
     stack.wait_until("term", 200)

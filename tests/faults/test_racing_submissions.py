@@ -6,11 +6,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.faults.stack import items
+from tests.faults.stack import BROKERS, items
 
 
-def test_twenty_concurrent_batches_sharing_external_ids(make_stack):
-    stack = make_stack()
+@BROKERS
+def test_twenty_concurrent_batches_sharing_external_ids(make_stack, broker):
+    stack = make_stack(broker)
     stack.start_service()
     shared = items("shared", 10)
     batches = {f"race-{n}": shared + items(f"own{n}", 5) for n in range(20)}
@@ -26,8 +27,9 @@ def test_twenty_concurrent_batches_sharing_external_ids(make_stack):
     assert sum(r["successful"] for r in reports) == 10 + 20 * 5
 
 
-def test_one_batch_id_posted_concurrently(make_stack):
-    stack = make_stack()
+@BROKERS
+def test_one_batch_id_posted_concurrently(make_stack, broker):
+    stack = make_stack(broker)
     worker = stack.start_service()
     same = items("same", 30)
     other = items("other", 30)

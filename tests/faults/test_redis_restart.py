@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import requests
 
-from tests.faults.stack import items
+from tests.faults.stack import BROKERS, items
 
 
-def test_redis_restart_mid_batch(make_stack):
-    stack = make_stack()
+@BROKERS
+def test_redis_restart_mid_batch(make_stack, broker):
+    """On RabbitMQ, Redis is still the result backend, store and limiter: the same outage."""
+    stack = make_stack(broker)
     stack.start_service()
     assert stack.post("restart", items("r", 600)).status_code == 202
     stack.wait_until("restart", 100)
