@@ -41,6 +41,18 @@ ROTATED_KEY = "rotated-key-0123456789"
 OTHER_KEY = "other-key-0123456789"
 
 
+class FixedRemoteAddr:
+    """WSGI middleware: every request comes from one address (a fresh one per test keeps the
+    per-address rate-limit budgets of tests apart)."""
+
+    def __init__(self, wsgi_app, addr: str):
+        self.wsgi_app, self.addr = wsgi_app, addr
+
+    def __call__(self, environ, start_response):
+        environ["REMOTE_ADDR"] = self.addr
+        return self.wsgi_app(environ, start_response)
+
+
 class KeyedClient(FlaskClient):
     """A test client that sends the tests' API key unless a test sets Authorization itself."""
 

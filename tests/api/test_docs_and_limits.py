@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import FixedRemoteAddr
+
 
 def test_openapi_document_is_built_from_the_request_schemas(client):
     document = client.get("/openapi.json").get_json()
@@ -38,17 +40,10 @@ def limited_app(make_app, uid):
                    ratelimit_read="6 per 10 seconds")
     # A fresh client address per test so counters from other tests never interfere.
     address = "10." + ".".join(str(int(uid[i:i + 2], 16)) for i in (0, 2, 4))
-    app.wsgi_app = _FixedRemoteAddr(app.wsgi_app, address)
+    app.wsgi_app = FixedRemoteAddr(app.wsgi_app, address)
     return app
 
 
-class _FixedRemoteAddr:
-    def __init__(self, wsgi_app, addr):
-        self.wsgi_app, self.addr = wsgi_app, addr
-
-    def __call__(self, environ, start_response):
-        environ["REMOTE_ADDR"] = self.addr
-        return self.wsgi_app(environ, start_response)
 
 
 def test_write_tier_answers_429_with_retry_after(limited_app):

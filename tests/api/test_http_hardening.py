@@ -16,21 +16,11 @@ from payouts_api import create_app
 from payouts_api.health import READYZ_CACHE_S
 from payouts_core.settings import get_settings
 from payouts_tasks import app as celery_app
-from tests.conftest import API_KEY, KeyedClient
+from tests.conftest import API_KEY, FixedRemoteAddr, KeyedClient
 
 WRONG = {"Authorization": "Bearer wrong-key-0123456789"}
 VALID = {"Authorization": f"Bearer {API_KEY}"}
 
-
-class _FixedRemoteAddr:
-    """Every request of the app comes from one address, fresh per test so budgets never mix."""
-
-    def __init__(self, wsgi_app, addr):
-        self.wsgi_app, self.addr = wsgi_app, addr
-
-    def __call__(self, environ, start_response):
-        environ["REMOTE_ADDR"] = self.addr
-        return self.wsgi_app(environ, start_response)
 
 
 def limited_client(**changes):
@@ -39,7 +29,7 @@ def limited_client(**changes):
                      settings=replace(get_settings(), ratelimit_enabled=True, **changes))
     app.test_client_class = KeyedClient
     address = "10." + ".".join(str(b) for b in uuid.uuid4().bytes[:3])
-    app.wsgi_app = _FixedRemoteAddr(app.wsgi_app, address)
+    app.wsgi_app = FixedRemoteAddr(app.wsgi_app, address)
     return app.test_client()
 
 
