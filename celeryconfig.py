@@ -33,8 +33,9 @@ _on_rabbitmq = _settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp:/
 
 if _on_rabbitmq:
     # Quorum queues: replicated across a cluster, and unacked messages of a closed connection (a
-    # SIGKILLed worker) are requeued at once: every item final 5-7 s after the second of two kills
-    # of a 1,000-item batch, against 80 s on Redis (docs/RELIABILITY.md, measured).
+    # SIGKILLed worker) are requeued at once: every item final 11.8 s after the second of two
+    # kills of a 1,000-item batch; on Redis 999 items took ~73 s and one lost message waited for
+    # the sweeper (docs/RELIABILITY.md, "Bounded redelivery").
     task_default_queue_type = "quorum"
     # Native delayed delivery (Celery 5.5+) routes countdown retries through celery_delayed_*
     # topic exchanges; the default direct exchange would hold them in the worker instead. Delays
@@ -64,6 +65,12 @@ else:
         # Look for messages of dead workers every 2 s (kombu's default is ~100 s).
         "unacked_restore_interval": 2,
         "unacked_restore_throttle": 1,
+        # A gevent worker runs kombu's synchronous loop, which restores expired unacked messages
+        # only after a 2 s poll (Celery's drain timeout) saw no reply; BRPOP's default 1 s timeout
+        # always replied first, so a dead worker's messages never came back (measured: 376 left
+        # unacked 150 s past the visibility timeout). A BRPOP longer than the drain timeout lets
+        # an idle poll happen; the cost is up to 2 s before the first message after 3 s of silence.
+        "polling_interval": 3,
         # gevent runs hundreds of tasks in one process: the pool must not run out of connections.
         "max_connections": max(_settings.worker_concurrency * 2, 100),
     }

@@ -1,7 +1,8 @@
-"""`python -m bench [--quick] [--scenarios a,b] [--json PATH] [--profile DIR]`
+"""`python -m bench [--quick] [--broker redis|rabbitmq] [--scenarios a,b] [--json PATH] [--profile DIR]`
 
-Starts its own Redis, the API (the Procfile's gunicorn command) and workers, runs the scenarios,
-prints one table and writes it as JSON. Exits 1 when any batch or chord did not complete.
+Starts its own Redis (and with --broker rabbitmq a vhost of its own on the local RabbitMQ), the API
+(the Procfile's gunicorn command) and workers, runs the scenarios, prints one table and writes it
+as JSON. Exits 1 when any batch or chord did not complete.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"(default: {', '.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                         help="where to write the results (default bench/results/latest.json)")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
+                        help="the Celery broker: the run's own Redis (default), or a vhost of its own "
+                             "on the local RabbitMQ (quorum queues); Redis stays the result backend")
     parser.add_argument("--concurrency", type=int, default=Settings.from_env({}).worker_concurrency,
                         help="WORKER_CONCURRENCY of each worker (default: the product's default)")
     parser.add_argument("--worker-args", default="", metavar="ARGS",
@@ -60,17 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     meta = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
-            "quick": args.quick, "concurrency": args.concurrency, "worker_args": args.worker_args,
+            "quick": args.quick, "broker": args.broker, "concurrency": args.concurrency,
+            "worker_args": args.worker_args,
             "code": code_state()}
     bench: Bench | None = None
     with BenchStack(concurrency=args.concurrency, keep=args.keep,
                     worker_args=shlex.split(args.worker_args)) as stack:
         try:
             stack.start_redis()
+            if args.broker == "rabbitmq":
+                stack.use_rabbitmq()
             stack.start_api()
             meta["machine"] = machine_info(stack.redis_url)
             console.print(f"bench: run {stack.run_id}, logs in {stack.workdir}, API {stack.api_url}, "
-                          f"Redis {stack.redis_url}")
+                          f"Redis {stack.redis_url}, broker {args.broker}")
             bench = Bench(stack, QUICK if args.quick else FULL, Profiler(args.profile))
             for name in args.scenarios:
                 console.print(f"bench: {name} ...")

@@ -6,6 +6,7 @@ executables and command-line options, each against the code or the installed too
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -31,7 +32,9 @@ BIN = Path(sys.executable).parent
 # ${NAME}, ${NAME:-default} (group 2: the default) or ${NAME:?message} (required: group 3).
 VAR_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*)|:?\?([^}]*))?\}")
 # Variables only docker-compose.yml reads (not the code, not the Procfile).
-COMPOSE_ONLY = {"REDIS_PASSWORD", "PUBLISH_ADDR"}
+COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "PUBLISH_ADDR"}
+# The images' own variables (read by redis-server, redis-cli and rabbitmq-server, not the code).
+IMAGE_SERVICES = ("redis", "rabbitmq")
 SECRET_NAME = re.compile(r"PASSWORD|BASIC_AUTH|SECRET|API_KEYS?$")
 DOTENV_LINE = re.compile(r"^#?\s*([A-Z_][A-Z0-9_]*)=", re.MULTILINE)
 
@@ -184,7 +187,7 @@ def test_procfile_processes_find_the_apps():
 
 def test_compose_services():
     services = compose()["services"]
-    assert {"redis", "api", "worker", "beat", "flower"} <= set(services)
+    assert {"redis", "rabbitmq", "api", "worker", "beat", "flower"} <= set(services)
 
 
 def test_compose_redis_is_durable_and_never_evicts():
@@ -200,12 +203,57 @@ def test_compose_redis_is_durable_and_never_evicts():
 
 
 @pytest.mark.parametrize("service", ["api", "worker", "beat", "flower"])
-def test_compose_app_services_share_the_image_and_wait_for_redis(service):
+def test_compose_app_services_share_the_image_and_wait_for_redis_and_rabbitmq(service):
     spec = compose()["services"][service]
     assert spec["build"] == "."
     assert spec["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert spec["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     url = spec["environment"]["REDIS_URL"]
     assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url)
+    broker = spec["environment"]["CELERY_BROKER_URL"]
+    assert re.fullmatch(r"amqp://payouts:\$\{RABBITMQ_PASSWORD:\?[^}]+\}@rabbitmq:5672/payouts", broker)
+
+
+def test_compose_rabbitmq_is_durable_healthchecked_and_keeps_its_node_name():
+    doc = compose()
+    rabbitmq = doc["services"]["rabbitmq"]
+    assert rabbitmq["image"].startswith("rabbitmq:3.")  # quorum queues: 3.8+
+    # The data directory is named after the node, the node after the hostname.
+    assert rabbitmq["hostname"] == "rabbitmq"
+    volume, path = rabbitmq["volumes"][0].split(":")
+    assert volume in doc["volumes"] and path == "/var/lib/rabbitmq"
+    assert rabbitmq["healthcheck"]["test"][1:] == ["rabbitmq-diagnostics", "-q", "check_port_connectivity"]
+    env = rabbitmq["environment"]
+    assert env["RABBITMQ_DEFAULT_USER"] == "payouts" and env["RABBITMQ_DEFAULT_VHOST"] == "payouts"
+    assert re.fullmatch(r"\$\{RABBITMQ_PASSWORD:\?[^}]+\}", env["RABBITMQ_DEFAULT_PASS"])
+    assert "tcp_listen_options.keepalive = true" in rabbitmq["command"][2]
+    assert rabbitmq["command"][2].rstrip().endswith("exec docker-entrypoint.sh rabbitmq-server")
+
+
+def celery_config(env: dict[str, str]) -> dict:
+    """celeryconfig.py's broker choices as a process with `env` loads them."""
+    code = ("import json, celeryconfig as c; print(json.dumps({k: getattr(c, k, None) for k in "
+            "('broker_url', 'task_default_queue_type', 'task_default_exchange_type', "
+            "'broker_transport_options', 'worker_prefetch_multiplier', 'broker_heartbeat')}))")
+    done = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ.get("PATH", ""), **env},
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+def test_compose_broker_url_selects_the_rabbitmq_configuration():
+    url = VAR_REF.sub("secret", compose()["services"]["worker"]["environment"]["CELERY_BROKER_URL"])
+    conf = celery_config({"CELERY_BROKER_URL": url})
+    assert conf["broker_url"] == url
+    assert conf["task_default_queue_type"] == "quorum" and conf["task_default_exchange_type"] == "topic"
+    assert conf["broker_transport_options"] == {"confirm_publish": True}
+    assert conf["worker_prefetch_multiplier"] == 1 and conf["broker_heartbeat"] == 0
+
+
+def test_redis_broker_keeps_the_bounded_visibility_timeout():
+    conf = celery_config({"REDIS_URL": "redis://localhost:6379/0"})
+    assert conf["task_default_queue_type"] is None
+    visibility = Settings.from_env({}).visibility_timeout_s
+    assert conf["broker_transport_options"]["visibility_timeout"] == visibility == 70
 
 
 def test_compose_worker_can_scale():
@@ -227,7 +275,7 @@ def test_compose_names_only_known_variables():
     text = read("docker-compose.yml")
     named = {m.group(1) for m in VAR_REF.finditer(text)}
     for name, spec in compose()["services"].items():
-        if name != "redis":  # the redis image's own variables (REDIS_PASSWORD, REDISCLI_AUTH)
+        if name not in IMAGE_SERVICES:
             named |= set(spec.get("environment") or {})
     assert named - (settings_vars() | procfile_vars() | COMPOSE_ONLY) == set()
 
