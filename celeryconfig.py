@@ -65,15 +65,13 @@ else:
         # Look for messages of dead workers every 2 s (kombu's default is ~100 s).
         "unacked_restore_interval": 2,
         "unacked_restore_throttle": 1,
-        # A gevent worker runs kombu's synchronous loop, which restores expired unacked messages
-        # only after a 2 s poll (Celery's drain timeout) saw no reply; BRPOP's default 1 s timeout
-        # always replied first, so a dead worker's messages never came back (measured: 376 left
-        # unacked 150 s past the visibility timeout). A BRPOP longer than the drain timeout lets
-        # an idle poll happen; the cost is up to 2 s before the first message after 3 s of silence.
-        "polling_interval": 3,
         # gevent runs hundreds of tasks in one process: the pool must not run out of connections.
         "max_connections": max(_settings.worker_concurrency * 2, 100),
     }
+    # kombu's transport restores a dead worker's messages in a gevent worker only with this
+    # subclass (see its module). Not for rediss:// or sentinel URLs, which keep kombu's own.
+    if _settings.broker_url.startswith("redis://"):
+        broker_transport = "payouts_tasks.redis_transport:Transport"
     # Prefetch 4 per slot: with 1, kombu stops BRPOP whenever the worker holds `concurrency`
     # messages and Celery's green-pool loop then sleeps up to 2 s (measured: on average 67 of 200
     # greenlets busy). A message waits behind at most 3 others of its slot before it runs.
