@@ -34,8 +34,8 @@ _on_rabbitmq = _settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp:/
 if _on_rabbitmq:
     # Quorum queues: replicated across a cluster, and unacked messages of a closed connection (a
     # SIGKILLed worker) are requeued at once: every item final 11.8 s after the second of two
-    # kills of a 1,000-item batch; on Redis 999 items took ~73 s and one lost message waited for
-    # the sweeper (docs/RELIABILITY.md, "Bounded redelivery").
+    # kills of a 1,000-item batch; on Redis 99 % took 72.7 s and one lost message waited for the
+    # sweeper, 197.7 s (docs/RELIABILITY.md, "Bounded redelivery").
     task_default_queue_type = "quorum"
     # Native delayed delivery (Celery 5.5+) routes countdown retries through celery_delayed_*
     # topic exchanges; the default direct exchange would hold them in the worker instead. Delays
