@@ -14,7 +14,7 @@ from marshmallow.experimental.context import Context
 from payouts_api.schemas import MAX_FIELD_ERRORS, MAX_OBJECT_KEYS, BatchRequestSchema
 from payouts_core.pix_keys import MAX_RAW_LENGTH, InvalidPixKey, parse_pix_key
 from payouts_core.settings import Settings
-from tests.api.test_bad_input import assert_problem, field_paths, good_item, snapshot, unchanged  # noqa: F401
+from tests.api.test_bad_input import assert_problem, field_paths, good_item, unchanged  # noqa: F401
 
 CPF = "123.456.789-09"
 
