@@ -410,11 +410,6 @@ class PayoutStore:
         orders = self.client.hgetall(batch_keys(ref)[2])
         return {int(k): json.loads(v)["terms"] for k, v in orders.items()}
 
-    def full_pix_keys_held(self, ref: BatchRef) -> int:
-        """How many of the batch's orders still hold a full PIX key (only unfinished items may)."""
-        orders = self.client.hvals(batch_keys(ref)[2])
-        return sum(1 for v in orders if "pix_key" in json.loads(v))
-
     def batch_state(self, ref: BatchRef) -> str | None:
         return _s(self.client.hget(batch_keys(ref)[0], "state"))
 
