@@ -1,0 +1,87 @@
+"""The template publisher sends, field by field, what Celery's own `chord.apply_async` sends.
+
+SPEC §2 allows building the chord's messages without Celery's per-signature machinery only with
+this proof, on the pinned Celery version: every header message (body, headers, properties, group
+index, order) and the chord counter, compared after mapping each generated id to its role.
+Both publishes run in a subprocess on a broker no worker consumes (its own Redis, or its own
+RabbitMQ vhost), configured from the environment as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from payouts_devstack import Stack
+from payouts_devstack.rabbitmq import unavailable_reason
+
+# Ids with every character class an id may hold (SPEC §9), and one long enough that Celery's
+# argsrepr is truncated (the template then asks saferepr itself).
+IDS = [("acme", "batch-1"), ("cli:ent/ção", "b:1 'q' \"dq\" \\ 😀 %2F"), ("c", "x" * 1500)]
+
+
+def capture(env: dict, client: str, batch_id: str, total: int, in_task: bool = False) -> dict:
+    argv = [sys.executable, "-m", "tests.tasks.chord_capture", client, batch_id, str(total)]
+    done = subprocess.run(argv + (["--in-task"] if in_task else []), env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def by_role(messages: list[dict], result_id: str) -> list[dict]:
+    """The messages with each generated id replaced by its role, after checking the relations
+    between them (one group, one body, a distinct task id per message)."""
+    [group] = {m["headers"]["group"] for m in messages}
+    ids = [m["headers"]["id"] for m in messages]
+    assert len(set(ids)) == len(ids)
+    text = json.dumps(messages)
+    for i, task_id in enumerate(ids):
+        text = text.replace(task_id, f"<task {i}>")
+    return json.loads(text.replace(group, "<group>").replace(result_id, "<chord result>"))
+
+
+def assert_same_chord(out: dict, total: int) -> None:
+    celery = by_role(out["celery"], out["celery_result"])
+    template = by_role(out["template"], out["template_result"])
+    assert len(celery) == len(template) == total
+    for i, (expected, got) in enumerate(zip(celery, template, strict=True)):
+        assert got == expected, f"message {i} differs"
+        assert got["headers"]["group_index"] == i  # published in submission order
+    assert out["template_keys"] == out["celery_keys"]
+    assert out["celery_keys"]["s"] == [str(total), True]  # chord size, expiring
+
+
+@pytest.fixture(scope="module")
+def redis_stack(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("chord-redis")) as stack:
+        stack.start_redis()
+        yield stack
+
+
+@pytest.mark.parametrize(("client", "batch_id"), IDS)
+def test_template_messages_equal_celerys_on_redis(redis_stack, client, batch_id):
+    assert_same_chord(capture(redis_stack.env, client, batch_id, 5), 5)
+
+
+def test_template_messages_equal_celerys_inside_the_publish_task(redis_stack):
+    """In the worker the publish task is the parent: parent_id and root_id come from it."""
+    out = capture(redis_stack.env, "acme", "in-task", 3, in_task=True)
+
+    assert_same_chord(out, 3)
+    assert {m["headers"]["parent_id"] for m in out["template"]} == {"publish-task-id"}
+    assert {m["headers"]["root_id"] for m in out["template"]} == {"root-task-id"}
+
+
+def test_a_large_chord_is_equal_message_for_message(redis_stack):
+    assert_same_chord(capture(redis_stack.env, "acme", "large", 1200), 1200)  # > one flush
+
+
+@pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason() or "")
+def test_template_messages_equal_celerys_on_rabbitmq(tmp_path):
+    with Stack(tmp_path) as stack:
+        stack.start_redis()
+        stack.use_rabbitmq()
+        assert_same_chord(capture(stack.env, "cli:ent", "b/1", 5), 5)
