@@ -83,6 +83,18 @@ PRODUCTION_MAX_AMOUNT_CENTS = 1_499_999 * 1_000
 JSON_EXACT_MAX_CENTS = 2**53 - 1
 # settle stretches a retry countdown by up to 20 % (jitter): the longest is the ceiling times this.
 RETRY_JITTER = 1.2
+# Worker processes per machine (payouts-worker): each holds WORKER_CONCURRENCY greenlets and its
+# Redis pools, so far more than the cores only adds connections and memory, not throughput.
+MAX_WORKER_PROCESSES = 64
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (what taskset or a cpuset allows), which
+    os.cpu_count() ignores; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def key_digest(key: str) -> str:
@@ -131,6 +143,7 @@ class Settings:
     inflight_wait_max_s: int
     visibility_timeout_s: int
     worker_concurrency: int
+    worker_processes: int
     provider_latency_ms: tuple[int, int]
     provider_permanent_failure_rate: float
     provider_transient_failure_rate: float
@@ -199,6 +212,13 @@ class Settings:
         log_level = (env.get("LOG_LEVEL") or "info").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical: {log_level!r}")
+        # One gevent worker process runs on one core (issue 12): by default one per usable core.
+        worker_processes = _int(env, "WORKER_PROCESSES", min(usable_cores(), MAX_WORKER_PROCESSES),
+                                minimum=1)
+        if worker_processes > MAX_WORKER_PROCESSES:
+            raise SettingsError(f"WORKER_PROCESSES must be at most {MAX_WORKER_PROCESSES}, got "
+                                f"{worker_processes} (each process holds WORKER_CONCURRENCY greenlets "
+                                "and their connections: run more machines or containers instead)")
         environment = (env.get("PAYOUTS_ENV") or "production").lower()
         if environment not in ENVIRONMENTS:
             raise SettingsError(f"PAYOUTS_ENV must be production, development or test, got {environment!r}")
@@ -222,6 +242,7 @@ class Settings:
             inflight_wait_max_s=_int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1),
             visibility_timeout_s=visibility,
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 500, minimum=1),
+            worker_processes=worker_processes,
             provider_latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
             provider_permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),
             provider_transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
 
 from payouts_core.settings import (
     EXAMPLE_API_KEYS,
+    MAX_WORKER_PROCESSES,
     PRODUCTION_MAX_AMOUNT_CENTS,
     Settings,
     SettingsError,
     key_digest,
+    usable_cores,
 )
 from payouts_tasks.faults import armed_marker
 
@@ -107,3 +110,21 @@ def test_fault_hook_is_inert_outside_test_and_development():
     assert armed_marker(replace(armed, environment="development")) == "crash"
     # Even a Settings built past from_env's guard cannot arm it in production.
     assert armed_marker(replace(armed, environment="production")) == ""
+
+
+# --- worker processes (issue 12) ------------------------------------------------------------------
+
+def test_worker_processes_default_to_the_usable_cores():
+    """The cores this process may run on (its affinity), which os.cpu_count() would overstate."""
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores() == cores
+    assert Settings.from_env({}).worker_processes == min(cores, MAX_WORKER_PROCESSES)
+
+
+def test_worker_processes_are_read_and_bounded():
+    assert Settings.from_env({"WORKER_PROCESSES": "3"}).worker_processes == 3
+    assert Settings.from_env({"WORKER_PROCESSES": str(MAX_WORKER_PROCESSES)}).worker_processes == \
+        MAX_WORKER_PROCESSES
+    for bad in ("0", "-1", "two", str(MAX_WORKER_PROCESSES + 1)):
+        with pytest.raises(SettingsError, match="WORKER_PROCESSES"):
+            Settings.from_env({"WORKER_PROCESSES": bad})
