@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib.resources import files
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -162,7 +162,11 @@ def client_batches_key(client: str) -> str:
 
 
 def claim_key(client: str, external_id: str) -> str:
-    return f"{PREFIX}claim:{encode_id(client)}:{encode_id(external_id)}"
+    return f"{PREFIX}claim:{_encoded_client(client)}:{encode_id(external_id)}"
+
+
+# A batch asks for 10,000 claim keys of one client: encode the client once.
+_encoded_client = lru_cache(maxsize=1024)(encode_id)
 
 
 def batch_keys(ref: BatchRef) -> tuple[str, str, str, str]:
@@ -205,6 +209,7 @@ class PayoutStore:
         self._take_over = client.register_script(_lua("take_over_publishing.lua"))
         self._discard = client.register_script(_lua("discard_batch.lua"))
         self._existing = client.register_script(_lua("existing_batch.lua"))
+        self._held_claims = client.register_script(_lua("conflicting_claims.lua"))
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -295,17 +300,12 @@ class PayoutStore:
         A check at submission so the client hears of a reuse at once (422); settle enforces the
         same rule atomically for a batch that races past it.
         """
-        unique = {o.external_id: o for o in orders}
-        with self.client.pipeline(transaction=False) as pipe:
-            for external_id in unique:
-                pipe.hmget(claim_key(client, external_id), "state", "terms", "batch_id", "index")
-            claims = dict(zip(unique, pipe.execute(), strict=True))
-        conflicts = []
-        for order in orders:
-            state, terms, batch_id, index = (_s(v) for v in claims[order.external_id])
-            if state in ("paid", "inflight") and terms != order.terms:
-                conflicts.append((order.index, f"batch {batch_id} item {index}"))
-        return conflicts
+        unique = list(dict.fromkeys(o.external_id for o in orders))
+        held = {unique[position - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}")
+                for position, terms, batch_id, index in self._held_claims(
+                    keys=[claim_key(client, external_id) for external_id in unique])}
+        return [(o.index, held[o.external_id][1]) for o in orders
+                if o.external_id in held and held[o.external_id][0] != o.terms]
 
     def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> bool:
         """True when the batch is still `accepting` and its publisher's lease has expired."""

@@ -120,6 +120,24 @@ def test_other_terms_while_in_flight_fail_without_waiting(store, uid):
     assert store.conflicting_claims("someone-else", [order(0, f"f-{uid}", 5)]) == []
 
 
+def test_a_whole_batch_is_checked_against_held_claims_in_one_call(store, uid):
+    """Paid with the same terms is a duplicate (accepted); paid or in flight with other terms is
+    refused, at every position it appears; failed, unknown and other clients' ids are free."""
+    paid, inflight, failed = f"p:{uid}", f"i/{uid}", f"f%{uid}"
+    open_batch(store, ref(f"held-{uid}"), [paid, inflight, failed])
+    for index in range(3):
+        begin(store, ref(f"held-{uid}"), index)
+    store.record_paid(ref(f"held-{uid}"), 0, "E-p", 1)
+    store.record_failed(ref(f"held-{uid}"), 2, "AC03", "invalid account")
+    batch = [order(0, paid), order(1, paid, 7), order(2, inflight, 7), order(3, failed, 7),
+             order(4, f"new-{uid}", 7), order(5, inflight, 7)]
+
+    assert store.conflicting_claims("t", batch) == [
+        (1, f"batch held-{uid} item 0"), (2, f"batch held-{uid} item 1"),
+        (5, f"batch held-{uid} item 1")]
+    assert store.conflicting_claims("other-client", batch) == []
+
+
 def test_attempts_used_up_turn_into_lookups(store, uid):
     batch = ref(f"look-{uid}")
     open_batch(store, batch, [f"k-{uid}"])
