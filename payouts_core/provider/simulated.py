@@ -9,6 +9,7 @@ numbers) so retries, rejections and lost answers can be exercised end to end.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import string
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 
@@ -109,13 +110,24 @@ class _Outcome:
     code: str | None = None
 
 
+class _Step(NamedTuple):
+    """One attempt's decision, ready for the pay script: what to store and what to answer."""
+
+    outcome: _Outcome
+    head: str = ""  # the stored record's JSON up to its common tail ("" for a transient)
+    e2e_id: str | None = None
+
+
+_SETTLED = _Outcome(_SETTLE)  # the common answer, built once
+
+
 def _forced(kind: str, code: str | None = None, *, until: int | None = None):
     """An outcome for a test key: `kind` on attempts up to `until` (all when None), then settle."""
 
     def decide(attempt: int) -> _Outcome:
         if until is None or attempt <= until:
             return _Outcome(kind, code)
-        return _Outcome(_SETTLE)
+        return _SETTLED
 
     return decide
 
@@ -139,8 +151,47 @@ _TEST_KEY_BEHAVIOUR: dict[str, Callable[[int], _Outcome]] = {
 if set(_TEST_KEY_BEHAVIOUR) != set(TEST_KEYS):  # pragma: no cover - guards the docs table
     raise RuntimeError("every documented test key needs a behaviour, and vice versa")
 
-# Create the ledger entry only if the key has none: the first writer wins, everyone else gets
-# the original back. KEYS: transfer key, index list. ARGV: record JSON, idempotency key.
+# How many attempts `pay` decides in Python before its one Redis call (see _PAY_LUA). Only the
+# attempts up to the first one that records a transfer are planned (later ones cannot happen:
+# the transfer answers them), so a typical plan is one attempt; K only bounds keys that keep
+# failing transiently. An attempt past the plan is decided after the call by the same rule
+# (same outcome for the same seed, key and attempt), at the cost of a second call if it stores.
+PLANNED_ATTEMPTS = 8
+
+# One round trip per pay. The existing transfer if the key has one (first writer wins); else the
+# next attempt number (INCR + EXPIRE) and that attempt's planned outcome: a transient answers its
+# code and records nothing, anything else stores the record and indexes the key, atomically.
+# KEYS: transfer key, attempts key, index list. ARGV: idempotency key, attempts TTL, the plan's
+# length ('*': its one entry answers every attempt), the record's common JSON tail, then per
+# planned attempt a kind ('T' transient, 'S' store) and a payload (the code, or the record's head).
+# Answers {tag, attempt, payload}: 'E' existing record, 'T' transient code, 'S' stored, 'B' attempt
+# beyond the plan (counted, nothing stored: the caller decides it).
+_PAY_LUA = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {'E', 0, existing}
+end
+local attempt = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local entry = attempt
+if ARGV[3] == '*' then
+  entry = 1
+elseif attempt > tonumber(ARGV[3]) then
+  return {'B', attempt, ''}
+end
+local kind = ARGV[3 + 2 * entry]
+local payload = ARGV[4 + 2 * entry]
+if kind == 'T' then
+  return {'T', attempt, payload}
+end
+redis.call('SET', KEYS[1], payload .. ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return {'S', attempt, ''}
+"""
+
+# Create the ledger entry only if the key has none (an attempt decided after the pay call): the
+# first writer wins, everyone else gets the original back. KEYS: transfer key, index list.
+# ARGV: record JSON, idempotency key.
 _CREATE_LUA = """
 local existing = redis.call('GET', KEYS[1])
 if existing then
@@ -152,6 +203,20 @@ return ARGV[1]
 """
 
 _TRANSFER_FIELDS = frozenset(f.name for f in fields(Transfer))
+
+# A rejected record's JSON head per code: constant, so a rejection costs no encoding per pay.
+_REJECTED_HEADS = {
+    code: json.dumps({"failure_code": code, "failure_reason": reason, "status": "rejected"})[:-1]
+    + ", "
+    for code, reason in PERMANENT_REASONS.items()
+}
+
+# Unseeded outcomes need no reproducibility, only independence: one generator per process
+# (re-seeded in a forked child, so prefork workers do not share draws) spares an urandom seeding
+# per attempt.
+_UNSEEDED = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_UNSEEDED.seed)
 
 
 def _utcnow() -> datetime:
@@ -171,10 +236,18 @@ def make_e2e_id(ispb: str, now: datetime, rng: random.Random) -> str:
     """An EndToEndId: `E` + 8-digit ISPB + `yyyyMMddHHmm` (UTC) + 11 alphanumerics = 32 chars."""
     if len(ispb) != 8 or not ispb.isdigit():
         raise ValueError(f"ISPB must be 8 digits, got {ispb!r}")
+    return _e2e_prefix(ispb, now) + _e2e_suffix(rng)
+
+
+def _e2e_prefix(ispb: str, now: datetime) -> str:
+    """The EndToEndId up to its random part; computed once per pay, whatever the plan's size."""
     if now.tzinfo is None:  # a naive time is taken as UTC, the SPI's clock
         now = now.replace(tzinfo=UTC)
-    stamp = now.astimezone(UTC).strftime("%Y%m%d%H%M")
-    return f"E{ispb}{stamp}{''.join(rng.choices(_E2E_ALPHABET, k=11))}"
+    return f"E{ispb}{now.astimezone(UTC).strftime('%Y%m%d%H%M')}"
+
+
+def _e2e_suffix(rng: random.Random) -> str:
+    return "".join(rng.choices(_E2E_ALPHABET, k=11))
 
 
 def normalise_test_key(pix_key: str) -> str:
@@ -227,6 +300,7 @@ class SimulatedPixProvider(PixProvider):
         self._clock = clock
         self.prefix = prefix
         self._index_key = f"{prefix}transfers"
+        self._pay_script = client.register_script(_PAY_LUA)
         self._create = client.register_script(_CREATE_LUA)
         # Latency need not be reproducible, only outcomes; SystemRandom is safe across threads.
         self._system_rng = random.SystemRandom()
@@ -243,50 +317,62 @@ class SimulatedPixProvider(PixProvider):
 
     def pay(self, *, idempotency_key: str, external_id: str, amount_cents: int,
             pix_key: str) -> Transfer:
+        """One Redis call (_PAY_LUA): replay, attempt count, decision and record in one round trip.
+
+        The outcomes of the attempts this call may be are decided first, in Python, with the
+        seeded generator per (seed, key, attempt); the script picks the one its attempt number
+        names, so the result is exactly what deciding after counting the attempt would give.
+        """
         if not idempotency_key:
             raise ValueError("idempotency_key is required")
         self._simulate_latency(pix_key)
 
-        existing = self.lookup(idempotency_key)
-        if existing is not None and (existing.status == "pending"
-                                     or normalise_test_key(pix_key) == "settle.late@pix.test"):
-            raise TransientProviderError("AB03", TRANSIENT_REASONS["AB03"])
-        if existing is not None:
-            return self._replay(existing)
+        # The decision belongs to the end of the call (after the latency), as a real one answers.
+        test_key = normalise_test_key(pix_key)
+        forced = _TEST_KEY_BEHAVIOUR.get(test_key)
+        now = self._clock()
+        e2e_prefix = _e2e_prefix(self.ispb, now)
+        steps, every_attempt = self._plan(idempotency_key, forced, now, e2e_prefix)
+        masked = mask_pix_key(pix_key)
+        created_at = _iso_z(now)
+        tail = json.dumps({"amount_cents": amount_cents, "created_at": created_at,
+                           "external_id": external_id, "idempotency_key": idempotency_key,
+                           "pix_key_masked": masked})[1:]
+        args: list = [idempotency_key, ATTEMPTS_TTL_S, "*" if every_attempt else len(steps), tail]
+        for step in steps:
+            if step.outcome.kind == _TRANSIENT:
+                args += ("T", step.outcome.code)
+            else:
+                args += ("S", step.head)
+        transfer_key = self._transfer_key(idempotency_key)
+        tag, attempt, payload = self._pay_script(
+            keys=[transfer_key, self._attempts_key(idempotency_key), self._index_key], args=args)
+        tag = _text(tag)
 
-        attempt = self._next_attempt(idempotency_key)
-        rng = self._rng(idempotency_key, attempt)
-        outcome = self._decide(pix_key, rng, attempt)
+        if tag == "E":
+            return self._answer_existing(_transfer_from_json(payload), test_key)
+        if tag == "B":  # an attempt past the plan: decide it now, store it if no one else has
+            step = self._step(idempotency_key, forced, int(attempt), now, e2e_prefix)
+        else:
+            step = steps[0 if every_attempt else int(attempt) - 1]
+        outcome = step.outcome
         if outcome.kind == _TRANSIENT:
             raise TransientProviderError(outcome.code, TRANSIENT_REASONS[outcome.code])
-
-        now = self._clock()
+        if tag == "B":
+            record_json = step.head + tail
+            stored = self._create(keys=[transfer_key, self._index_key],
+                                  args=[record_json, idempotency_key])
+            if _text(stored) != record_json:  # another call recorded this key first
+                return self._answer_existing(_transfer_from_json(stored), test_key)
         if outcome.kind == _PERMANENT:
-            record = Transfer(
-                idempotency_key=idempotency_key, external_id=external_id, status="rejected",
-                amount_cents=amount_cents, pix_key_masked=mask_pix_key(pix_key),
-                created_at=_iso_z(now), failure_code=outcome.code,
-                failure_reason=PERMANENT_REASONS[outcome.code],
-            )
-        else:
-            late = outcome.kind == _SETTLE_LATE
-            record = Transfer(
-                idempotency_key=idempotency_key, external_id=external_id,
-                status="pending" if late else "settled",
-                amount_cents=amount_cents, pix_key_masked=mask_pix_key(pix_key),
-                created_at=_iso_z(now), e2e_id=make_e2e_id(self.ispb, now, rng),
-                settles_at=_iso_z(now + timedelta(seconds=self.settlement_timeout_s / 2))
-                if late else None,
-            )
-        stored = _transfer_from_json(self._create(
-            keys=[self._transfer_key(idempotency_key), self._index_key],
-            args=[json.dumps(record.as_dict(), sort_keys=True), idempotency_key],
-        ))
+            raise PermanentProviderError(outcome.code, PERMANENT_REASONS[outcome.code])
         if outcome.kind in (_SETTLE_THEN_TIMEOUT, _SETTLE_LATE):
             # The transfer is on the ledger, but the answer is "lost": only a lookup or a replay
             # with the same idempotency key can tell the caller that the money moved.
             raise TransientProviderError(outcome.code, TRANSIENT_REASONS[outcome.code])
-        return self._replay(stored)
+        return Transfer(idempotency_key=idempotency_key, external_id=external_id,
+                        status="settled", amount_cents=amount_cents, pix_key_masked=masked,
+                        created_at=created_at, e2e_id=step.e2e_id)
 
     @property
     def final_deadline_s(self) -> float:
@@ -323,6 +409,13 @@ class SimulatedPixProvider(PixProvider):
         raw = self._client.get(self._attempts_key(idempotency_key))
         return 0 if raw is None else int(_text(raw))
 
+    def _answer_existing(self, transfer: Transfer, test_key: str) -> Transfer:
+        """A recorded key's answer: AB03 while pending (or for settle.late), else the replay."""
+        transfer = self._as_of_now(transfer)
+        if transfer.status == "pending" or test_key == "settle.late@pix.test":
+            raise TransientProviderError("AB03", TRANSIENT_REASONS["AB03"])
+        return self._replay(transfer)
+
     @staticmethod
     def _replay(transfer: Transfer) -> Transfer:
         """The original answer for a recorded key: the transfer, or the original rejection."""
@@ -345,30 +438,58 @@ class SimulatedPixProvider(PixProvider):
         if latency_s > 0:
             self._sleep(latency_s)
 
-    def _next_attempt(self, idempotency_key: str) -> int:
-        key = self._attempts_key(idempotency_key)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, ATTEMPTS_TTL_S)
-        attempt, _ = pipe.execute()
-        return int(attempt)
+    def _plan(self, idempotency_key: str, forced: Callable[[int], _Outcome] | None,
+              now: datetime, e2e_prefix: str) -> tuple[list[_Step], bool]:
+        """The decisions for the attempts this call may be, and whether one answers them all.
+
+        Planning stops at the first attempt that records a transfer (that transfer answers every
+        later call) or at PLANNED_ATTEMPTS; an unseeded random draw ignores the attempt number.
+        """
+        if forced is None and self.seed is None:
+            return [self._step(idempotency_key, None, 1, now, e2e_prefix)], True
+        steps = []
+        for attempt in range(1, PLANNED_ATTEMPTS + 1):
+            step = self._step(idempotency_key, forced, attempt, now, e2e_prefix)
+            steps.append(step)
+            if step.outcome.kind != _TRANSIENT:
+                break
+        return steps, False
+
+    def _step(self, idempotency_key: str, forced: Callable[[int], _Outcome] | None,
+              attempt: int, now: datetime, e2e_prefix: str) -> _Step:
+        """One attempt's outcome and, if it records a transfer, the record's JSON head."""
+        rng = None
+        if forced is not None:
+            outcome = forced(attempt)
+        else:
+            rng = self._rng(idempotency_key, attempt)
+            outcome = self._draw(rng)
+        if outcome.kind == _TRANSIENT:
+            return _Step(outcome)
+        if outcome.kind == _PERMANENT:
+            return _Step(outcome, _REJECTED_HEADS[outcome.code])
+        # A test key draws nothing, so its e2e id comes from a fresh generator for the attempt.
+        e2e_id = e2e_prefix + _e2e_suffix(rng or self._rng(idempotency_key, attempt))
+        if outcome.kind == _SETTLE_LATE:
+            settles_at = _iso_z(now + timedelta(seconds=self.settlement_timeout_s / 2))
+            return _Step(outcome, f'{{"e2e_id": "{e2e_id}", "settles_at": "{settles_at}", '
+                                  f'"status": "pending", ', e2e_id)
+        return _Step(outcome, f'{{"e2e_id": "{e2e_id}", "status": "settled", ', e2e_id)
 
     def _rng(self, idempotency_key: str, attempt: int) -> random.Random:
         """Seeded: one generator per (seed, key, attempt), so outcomes ignore scheduling order."""
         if self.seed is None:
-            return random.Random()
+            return _UNSEEDED
         return random.Random(f"{self.seed}:{idempotency_key}:{attempt}")
 
-    def _decide(self, pix_key: str, rng: random.Random, attempt: int) -> _Outcome:
-        forced = _TEST_KEY_BEHAVIOUR.get(normalise_test_key(pix_key))
-        if forced is not None:
-            return forced(attempt)
+    def _draw(self, rng: random.Random) -> _Outcome:
+        """A random outcome at the configured rates (test keys are decided before this)."""
         # Transient first: a request that never reaches the receiver cannot be rejected by it.
         if rng.random() < self.transient_failure_rate:
             return _Outcome(_TRANSIENT, rng.choice(RANDOM_TRANSIENT_CODES))
         if rng.random() < self.permanent_failure_rate:
             return _Outcome(_PERMANENT, rng.choice(RANDOM_PERMANENT_CODES))
-        return _Outcome(_SETTLE)
+        return _SETTLED
 
 
 def build_provider(settings: Settings, client: redis.Redis, *,

@@ -6,9 +6,11 @@ These are the provider-side guarantees the settle path relies on for "paid exact
 from __future__ import annotations
 
 import json
+import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from random import Random
 
@@ -36,6 +38,7 @@ from payouts_core.provider.simulated import (
     make_e2e_id,
 )
 from payouts_core.settings import Settings
+from payouts_devstack import free_port, start_redis
 
 ISPB = "13935893"
 FIXED_NOW = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
@@ -128,14 +131,24 @@ def test_same_key_twice_returns_the_original_and_records_one_entry(make_provider
     assert provider.attempts(f"k-{uid}") == 1  # the replay never reached the decision step
 
 
-@pytest.mark.parametrize("skip_precheck", [False, True], ids=["natural", "all-reach-create"])
+@pytest.mark.parametrize("past_the_plan", [False, True], ids=["one-call", "all-reach-create"])
 def test_concurrent_pays_with_the_same_key_make_one_transfer(make_provider, redis_client, uid,
-                                                            skip_precheck):
-    # Real (short) latency so the threads interleave between the lookup and the create.
-    provider = make_provider(prefix=f"pixsim-test:{uid}:", latency_ms=(0, 5), sleep=time.sleep)
-    if skip_precheck:
-        # Blind the replay pre-check so all ten race on the atomic create itself.
-        provider.lookup = lambda _key: None
+                                                            monkeypatch, past_the_plan):
+    # Real (short) latency so the threads reach Redis at about the same moment.
+    provider = make_provider(prefix=f"pixsim-test:{uid}:", latency_ms=(0, 5), sleep=time.sleep,
+                             seed=uid)
+    if past_the_plan:
+        # No planned attempt: every call is counted, decided after the pay call, and (held until
+        # all ten are there) races the others on the atomic create itself, each with its own
+        # attempt, so its own e2e id.
+        monkeypatch.setattr(simulated, "PLANNED_ATTEMPTS", 0)
+        create, at_create = provider._create, threading.Barrier(10)
+
+        def held_create(**kwargs):
+            at_create.wait()
+            return create(**kwargs)
+
+        provider._create = held_create
     barrier = threading.Barrier(10)
 
     def worker(_):
@@ -149,7 +162,7 @@ def test_concurrent_pays_with_the_same_key_make_one_transfer(make_provider, redi
     assert all(r == results[0] for r in results)
     assert list(provider.transfers()) == [results[0]]
     assert redis_client.llen(f"pixsim-test:{uid}:transfers") == 1
-    if skip_precheck:
+    if past_the_plan:
         assert provider.attempts(f"k-{uid}") == 10
 
 
@@ -465,3 +478,260 @@ def test_build_provider_reads_the_settings(redis_client, uid):
     assert defaults.seed is None and defaults.latency_ms == (500, 2000)
     transfer = pay(defaults, f"k-{uid}")
     assert transfer.e2e_id.startswith("E13935893")
+
+
+# -- one Redis call per pay (issue 12) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counted_redis(tmp_path_factory):
+    """A Redis of this module's own, so INFO commandstats counts nothing but these calls."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("provider-redis"), appendonly=False)
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
+        proc.stop()
+
+
+def commands_of(client: redis.Redis, call) -> dict[str, int]:
+    """The commands Redis ran for `call()`, by name (a script's own commands included)."""
+    client.config_resetstat()
+    call()
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
+    return {n: c for n, c in calls.items() if n != "info" and not n.startswith("config")}
+
+
+def attempt_of(provider, key, **kwargs):
+    def call():
+        attempt_of.result = outcome(provider, key, **kwargs)
+    return call
+
+
+# One client command (EVALSHA) per call; the rest are the script's own commands.
+NEW_TRANSFER = {"evalsha": 1, "get": 1, "incr": 1, "expire": 1, "set": 1, "rpush": 1}
+TRANSIENT = {"evalsha": 1, "get": 1, "incr": 1, "expire": 1}
+REPLAY = {"evalsha": 1, "get": 1}
+
+
+@pytest.mark.parametrize("seed", [None, "s1"], ids=["unseeded", "seeded"])
+def test_each_pay_is_one_redis_call(make_provider, counted_redis, uid, seed):
+    provider = make_provider(counted_redis, seed=seed, prefix=f"pixsim-test:{uid}:")
+    pay(provider, f"warm-{uid}")  # loads the script (NOSCRIPT, SCRIPT LOAD) once per process
+
+    assert commands_of(counted_redis, attempt_of(provider, f"k-{uid}")) == NEW_TRANSFER
+    assert attempt_of.result[0] == "settled"
+    assert commands_of(counted_redis, attempt_of(provider, f"k-{uid}")) == REPLAY
+
+    assert commands_of(counted_redis, attempt_of(provider, f"r-{uid}",
+                                                 pix_key="fail.ac03@pix.test")) == NEW_TRANSFER
+    assert commands_of(counted_redis, attempt_of(provider, f"r-{uid}")) == REPLAY
+    assert attempt_of.result[:2] == ("permanent", "AC03")
+
+    for _ in range(2):
+        assert commands_of(counted_redis, attempt_of(provider, f"t-{uid}",
+                                                     pix_key="timeout.twice@pix.test")) == TRANSIENT
+        assert attempt_of.result[:2] == ("transient", "AB03")
+    assert commands_of(counted_redis, attempt_of(provider, f"t-{uid}",
+                                                 pix_key="timeout.twice@pix.test")) == NEW_TRANSFER
+    assert attempt_of.result[0] == "settled"
+
+    late = make_provider(counted_redis, seed=seed, prefix=f"pixsim-test:{uid}:", latency_ms=(1, 1))
+    assert commands_of(counted_redis, attempt_of(late, f"l-{uid}",
+                                                 pix_key="settle.late@pix.test")) == NEW_TRANSFER
+    assert commands_of(counted_redis, attempt_of(late, f"l-{uid}",
+                                                 pix_key="settle.late@pix.test")) == REPLAY
+    assert attempt_of.result[:2] == ("transient", "AB03")
+
+
+def test_attempts_past_the_plan_keep_one_call_until_one_records(make_provider, counted_redis, uid):
+    provider = make_provider(counted_redis, prefix=f"pixsim-test:{uid}:")
+    pay(provider, f"warm-{uid}")
+    key = f"k-{uid}"
+    for _ in range(simulated.PLANNED_ATTEMPTS + 4):
+        # Past the plan the script only counts the attempt; a transient needs nothing more.
+        assert commands_of(counted_redis, attempt_of(provider, key,
+                                                     pix_key="timeout.always@pix.test")) == TRANSIENT
+        assert attempt_of.result[:2] == ("transient", "AB03")
+    assert provider.attempts(key) == simulated.PLANNED_ATTEMPTS + 4
+    assert provider.lookup(key) is None
+
+
+def test_an_attempt_past_the_plan_that_records_costs_a_second_call(make_provider, counted_redis,
+                                                                   monkeypatch, uid):
+    monkeypatch.setattr(simulated, "PLANNED_ATTEMPTS", 2)
+    provider = make_provider(counted_redis, seed="s1", prefix=f"pixsim-test:{uid}:",
+                             clock=lambda: FIXED_NOW)
+    pay(provider, f"warm-{uid}")
+    counted_redis.script_load(simulated._CREATE_LUA)  # as a worker that used it before has
+    key = f"k-{uid}"
+    for _ in range(2):
+        assert outcome(provider, key, pix_key="timeout.twice@pix.test")[:2] == ("transient", "AB03")
+    # The third attempt settles, past a plan of two: counted by the script, stored by the create.
+    assert commands_of(counted_redis, attempt_of(provider, key, pix_key="timeout.twice@pix.test")) \
+        == {**NEW_TRANSFER, "evalsha": 2, "get": 2}
+    settled = attempt_of.result
+    expected_e2e = independent_e2e(Random(f"s1:{key}:3"))  # a test key draws nothing first
+    assert settled == ("settled", expected_e2e)
+    assert provider.attempts(key) == 3
+    assert provider.lookup(key).e2e_id == expected_e2e
+    assert [t.idempotency_key for t in provider.transfers()] == [f"warm-{uid}", key]
+    assert outcome(provider, key, pix_key="timeout.twice@pix.test") == settled
+
+
+# -- races -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("own_connections", [False, True], ids=["one-client", "one-per-caller"])
+@pytest.mark.parametrize(("pix_key", "rates"), [
+    ("someone@example.com", {}),
+    ("fail.ac06@pix.test", {}),
+    ("someone@example.com", {"permanent_failure_rate": 1.0}),
+], ids=["settles", "test-key-rejected", "randomly-rejected"])
+def test_simultaneous_callers_of_one_key_get_one_answer(make_provider, redis_server, redis_client,
+                                                         uid, pix_key, rates, own_connections):
+    callers = 16
+    prefix = f"pixsim-test:{uid}:"
+    clients = [redis.Redis.from_url(redis_server, decode_responses=True)
+               for _ in range(callers if own_connections else 0)]
+    try:
+        providers = [make_provider(c, prefix=prefix, **rates) for c in clients] or \
+            [make_provider(prefix=prefix, **rates)] * callers
+        barrier = threading.Barrier(callers)
+
+        def caller(i):
+            barrier.wait()
+            return outcome(providers[i], f"k-{uid}", pix_key=pix_key)
+
+        with ThreadPoolExecutor(max_workers=callers) as pool:
+            answers = list(pool.map(caller, range(callers)))
+    finally:
+        for c in clients:
+            c.close()
+
+    assert len(set(answers)) == 1, answers  # the same e2e id, or the same rejection, for all
+    assert answers[0][0] == ("settled" if pix_key == "someone@example.com" and not rates
+                             else "permanent")
+    assert len(list(providers[0].transfers())) == 1
+    assert redis_client.llen(f"{prefix}transfers") == 1
+    assert providers[0].attempts(f"k-{uid}") == 1  # one decision; the others were replays
+
+
+# -- seeded reproducibility, computed independently of the provider ------------------------------
+
+E2E_CHARS = string.ascii_letters + string.digits
+
+
+def independent_e2e(rng: Random) -> str:
+    return f"E{ISPB}202603141509{''.join(rng.choices(E2E_CHARS, k=11))}"
+
+
+def expected_outcome(seed: str, key: str, attempt: int, transient: float, permanent: float):
+    """What attempt `attempt` of `key` answers under `seed`, as the provider has always drawn it."""
+    rng = Random(f"{seed}:{key}:{attempt}")
+    if rng.random() < transient:
+        code = rng.choice(RANDOM_TRANSIENT_CODES)
+        return ("transient", code, TRANSIENT_REASONS[code])
+    if rng.random() < permanent:
+        code = rng.choice(RANDOM_PERMANENT_CODES)
+        return ("permanent", code, PERMANENT_REASONS[code])
+    return ("settled", independent_e2e(rng))
+
+
+@pytest.mark.parametrize("planned", [None, 1, 0], ids=["default-plan", "plan-of-1", "no-plan"])
+@pytest.mark.parametrize(("transient", "permanent"), [(0.3, 0.3), (0.9, 0.2), (0.0, 0.0)])
+def test_seeded_outcomes_per_key_and_attempt_are_as_before(make_provider, monkeypatch, uid,
+                                                           transient, permanent, planned):
+    if planned is not None:
+        monkeypatch.setattr(simulated, "PLANNED_ATTEMPTS", planned)
+    provider = make_provider(prefix=f"pixsim-test:{uid}:", seed="repro", clock=lambda: FIXED_NOW,
+                             transient_failure_rate=transient, permanent_failure_rate=permanent)
+    max_attempts = 20  # past the default plan: 0.9 transient keeps some keys failing 8 times
+    keys = [f"item-{i}" for i in range(30)]
+    for key in keys:
+        expected, actual = [], []
+        for attempt in range(1, max_attempts + 1):
+            expected.append(expected_outcome("repro", key, attempt, transient, permanent))
+            actual.append(outcome(provider, key))
+            if expected[-1][0] != "transient":
+                break
+        assert actual == expected, key
+        final = expected[-1]
+        if final[0] != "transient":
+            assert outcome(provider, key) == final  # replayed, never redrawn
+            assert provider.attempts(key) == len(expected)
+    if transient == 0.9:
+        assert max(provider.attempts(k) for k in keys) > simulated.PLANNED_ATTEMPTS
+
+
+def test_seeded_test_key_e2e_ids_are_as_before(make_provider, uid):
+    provider = make_provider(seed="repro", clock=lambda: FIXED_NOW)
+    key = f"k-{uid}"
+    for _ in range(2):
+        outcome(provider, key, pix_key="timeout.twice@pix.test")
+    assert outcome(provider, key, pix_key="timeout.twice@pix.test") == \
+        ("settled", independent_e2e(Random(f"repro:{key}:3")))
+
+
+# -- the stored record, lost answers, slow and hung calls ----------------------------------------
+
+
+def test_stored_records_are_the_transfers_json(make_provider, redis_client, uid):
+    provider = make_provider(prefix=f"pixsim-test:{uid}:", clock=lambda: FIXED_NOW)
+    odd = 'inv "quoted" \\ back\\slash ção \u2028'
+    settled = pay(provider, f"s-{uid}", external_id=odd)
+    with pytest.raises(PermanentProviderError):
+        pay(provider, f"r-{uid}", external_id=odd, pix_key="fail.dict@pix.test")
+    with pytest.raises(TransientProviderError):
+        pay(provider, f"p-{uid}", external_id=odd, pix_key="settle.late@pix.test")
+    for key in (f"s-{uid}", f"r-{uid}", f"p-{uid}"):
+        stored = json.loads(redis_client.get(f"pixsim-test:{uid}:transfer:{key}"))
+        assert stored == provider.lookup(key).as_dict()
+        assert stored["external_id"] == odd and stored["idempotency_key"] == key
+    assert provider.lookup(f"s-{uid}") == settled
+    assert provider.lookup(f"r-{uid}").failure_reason == PERMANENT_REASONS["DICT_KEY_NOT_FOUND"]
+
+
+def test_settle_late_is_pending_then_settles_and_every_call_answers_ab03(make_provider, uid):
+    now = [FIXED_NOW]
+    provider = make_provider(prefix=f"pixsim-test:{uid}:", clock=lambda: now[0],
+                             settlement_timeout_s=10.0)
+    key = f"k-{uid}"
+    with pytest.raises(TransientProviderError) as exc:
+        pay(provider, key, pix_key="settle.late@pix.test", amount_cents=4321)
+    assert exc.value.code == "AB03"
+    pending = provider.lookup(key)
+    assert pending.status == "pending" and E2E_ID_RE.fullmatch(pending.e2e_id)
+    assert pending.settles_at == "2026-03-14T15:09:31.535Z" and pending.amount_cents == 4321
+    # While pending, even a caller naming another pix key is told AB03 (the answer is unknown).
+    for pix_key in ("settle.late@pix.test", "someone@example.com"):
+        assert outcome(provider, key, pix_key=pix_key)[:2] == ("transient", "AB03")
+
+    now[0] = FIXED_NOW + timedelta(seconds=5)
+    settled = provider.lookup(key)
+    assert settled == replace(pending, status="settled")
+    assert list(provider.transfers()) == [settled]
+    assert outcome(provider, key, pix_key="settle.late@pix.test")[:2] == ("transient", "AB03")
+    assert outcome(provider, key, pix_key="someone@example.com") == ("settled", pending.e2e_id)
+    assert provider.attempts(key) == 1
+
+
+def test_slow_stuck_sleeps_the_deadline_and_records_nothing(make_provider, uid):
+    slept = []
+    provider = make_provider(sleep=slept.append, settlement_timeout_s=4.0)
+    key = f"k-{uid}"
+    for _ in range(3):
+        assert outcome(provider, key, pix_key="slow.stuck@pix.test")[:2] == ("transient", "AB03")
+    assert slept == [4.0] * 3
+    assert provider.lookup(key) is None and provider.attempts(key) == 0
+
+
+def test_hang_sleeps_ten_minutes_then_settles(make_provider, uid):
+    slept = []
+    provider = make_provider(sleep=slept.append, settlement_timeout_s=4.0)
+    transfer = pay(provider, f"k-{uid}", pix_key="hang@pix.test")
+    assert slept == [600.0]
+    assert transfer.status == "settled" and provider.lookup(f"k-{uid}") == transfer
