@@ -1,8 +1,10 @@
-"""`python -m bench [--quick] [--broker redis|rabbitmq] [--scenarios a,b] [--json PATH] [--profile DIR]`
+"""`python -m bench [--quick] [--scenarios a,b] [--worker-processes N] [--broker B] [--json P] [--profile D]`
 
 Starts its own Redis (and with --broker rabbitmq a vhost of its own on the local RabbitMQ), the API
-(the Procfile's gunicorn command) and workers, runs the scenarios, prints one table and writes it
-as JSON. Exits 1 when any batch or chord did not complete.
+(the Procfile's gunicorn command) and workers (one process per core unless told), runs the
+scenarios, prints the scenario table, the targets of issue 12 (met or missed, the plain-Celery
+floor measured in the same run) and the Redis operations per item, and writes them as JSON.
+Exits 1 when any batch or chord did not complete (a missed target does not change the exit code).
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.processes import ROOT, BenchStack
+from bench.processes import ROOT, BenchStack, default_worker_processes
 from bench.profiling import Profiler
-from bench.report import code_state, floor_ratios, machine_info, render, write_json
+from bench.report import (
+    code_state,
+    evaluate_targets,
+    floor_ratios,
+    machine_info,
+    render,
+    render_redis,
+    render_targets,
+    write_json,
+)
 from bench.scenarios import DEFAULT_SCENARIOS, FULL, QUICK, SCENARIOS, Bench
 from payouts_core.settings import Settings
 from payouts_devstack import StackError
@@ -38,6 +49,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "on the local RabbitMQ (quorum queues); Redis stays the result backend")
     parser.add_argument("--concurrency", type=int, default=Settings.from_env({}).worker_concurrency,
                         help="WORKER_CONCURRENCY of each worker (default: the product's default)")
+    parser.add_argument("--worker-processes", type=int, default=default_worker_processes(), metavar="N",
+                        help="worker processes of the product rows, each started on its own with "
+                             "WORKER_PROCESSES=1 (default: one per core, the default deployment, "
+                             f"here {default_worker_processes()}); the scale rows use 1, 2 and 4")
     parser.add_argument("--worker-args", default="", metavar="ARGS",
                         help="extra `celery worker` options to try a lever, e.g. '--prefetch-multiplier 4'")
     parser.add_argument("--profile", type=Path, metavar="DIR",
@@ -46,6 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if args.worker_processes < 1:
+        parser.error("--worker-processes must be at least 1")
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     return args
@@ -65,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             "quick": args.quick, "broker": args.broker, "concurrency": args.concurrency,
-            "worker_args": args.worker_args,
+            "worker_args": args.worker_args, "worker_processes": args.worker_processes,
             "code": code_state()}
     bench: Bench | None = None
-    with BenchStack(concurrency=args.concurrency, keep=args.keep,
-                    worker_args=shlex.split(args.worker_args)) as stack:
+    with BenchStack(concurrency=args.concurrency, keep=args.keep, worker_args=shlex.split(args.worker_args),
+                    worker_processes=args.worker_processes) as stack:
         try:
             stack.start_redis()
             if args.broker == "rabbitmq":
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"Redis {stack.redis_url}, broker {args.broker}")
             bench = Bench(stack, QUICK if args.quick else FULL, Profiler(args.profile))
             for name in args.scenarios:
-                console.print(f"bench: {name} ...")
+                console.print(f"bench: {name} ... ({time.monotonic() - started:.0f} s into the run)")
                 SCENARIOS[name](bench)
         except StackError as exc:
             console.print(f"[red]bench: {exc}[/red]")
@@ -93,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench.rows if bench else []
             if rows:
                 floor_ratios(rows)
+                targets = evaluate_targets(rows)
                 render(rows, console)
-                write_json(args.json, rows, {**meta, "seconds": round(time.monotonic() - started, 1)})
+                render_targets(targets, console, quick=args.quick)
+                render_redis(rows, console)
+                write_json(args.json, rows, {**meta, "seconds": round(time.monotonic() - started, 1)},
+                           targets)
                 console.print(f"bench: results in {args.json}")
     if not all(r.completed for r in rows):
         console.print("[red]bench: some batch or chord did not complete (see notes)[/red]")

@@ -18,14 +18,25 @@ from payouts_devstack.stack import WORKER_FLAGS
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Inherited settings that would make the run depend on the caller's shell; the harness sets its own.
-_PRODUCT_ENV = re.compile(r"^(PAYOUTS_|PIX_SIM_|CELERY_|RATELIMIT_|REDIS_URL$|WORKER_CONCURRENCY$|PORT$)")
+_PRODUCT_ENV = re.compile(
+    r"^(PAYOUTS_|PIX_SIM_|CELERY_|RATELIMIT_|REDIS_URL$|WORKER_CONCURRENCY$|WORKER_PROCESSES$|PORT$)")
+
+
+def default_worker_processes() -> int:
+    """The default deployment: one worker process per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 class BenchStack(Stack):
     """Redis, the API and workers of one benchmark run, in a temporary directory."""
 
-    def __init__(self, concurrency: int, keep: bool = False, worker_args: list[str] | None = None):
+    def __init__(self, concurrency: int, keep: bool = False, worker_args: list[str] | None = None,
+                 worker_processes: int | None = None):
         self.concurrency = concurrency
+        self.worker_processes = worker_processes or default_worker_processes()  # of the product rows
         self.keep = keep
         self.worker_args = worker_args or []  # appended to the Procfile's worker command
         self.run_id = uuid.uuid4().hex[:8]
@@ -38,6 +49,9 @@ class BenchStack(Stack):
             "PAYOUTS_RATELIMIT_ENABLED": "false",
             "PAYOUTS_API_KEYS": f"bench:{self.api_key}",
             "WORKER_CONCURRENCY": str(concurrency),
+            # Each worker the harness starts is one process (it starts as many as a row needs),
+            # whatever the Procfile's launcher would fork for a WORKER_PROCESSES setting.
+            "WORKER_PROCESSES": "1",
             # No fixed-port exporter per worker (two workers, or a dev's `make run`, would collide);
             # the metrics are still counted.
             "PAYOUTS_WORKER_METRICS_PORT": "0",
@@ -56,7 +70,8 @@ class BenchStack(Stack):
         return self.api
 
     def ensure_workers(self, env: dict[str, str], count: int) -> list[Process]:
-        """`count` product workers running with `env` on top of the base env (restarted if different)."""
+        """`count` product worker processes running with `env` on top of the base env (restarted if
+        different), each started on its own through the Procfile with WORKER_PROCESSES=1."""
         if self.worker_env == env and len(self.workers) == count:
             return self.workers
         self.stop_workers()

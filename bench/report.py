@@ -1,4 +1,5 @@
-"""Rows of results, the printed table and the JSON file."""
+"""Rows of results, the printed tables (scenarios, targets of issue 12, Redis operations per item)
+and the JSON file."""
 
 from __future__ import annotations
 
@@ -146,9 +147,175 @@ def render(rows: list[Row], console: Console | None = None) -> None:
     (console or Console(width=200)).print(table)
 
 
-def write_json(path: Path, rows: list[Row], meta: dict) -> None:
+# -- targets (issue 12) -------------------------------------------------------------------------
+
+# Product rows (not the floor) whose worker RSS counts against the per-process cap.
+_NOT_PRODUCT_WORKERS = ("floor",)
+
+
+def _find(rows: list[Row], name: str) -> Row | None:
+    return next((r for r in rows if r.scenario == name), None)
+
+
+def evaluate_targets(rows: list[Row]) -> list[dict]:
+    """Every target of issue 12 with the number measured in this run: met, missed, or not run
+    (its scenario was not in the run). A row that ran but gave no number is missed."""
+    targets: list[dict] = []
+
+    def add(target: str, scenario: str, measured: str, value: float | None, met: bool | None) -> None:
+        targets.append({"target": target, "scenario": scenario, "measured": measured,
+                        "value": None if value is None else round(value, 3),
+                        "status": "not run" if met is None else "met" if met else "missed"})
+
+    def judged(row: Row | None, value: float | None, ok) -> bool | None:
+        return None if row is None else bool(value is not None and ok(value))
+
+    seed = _find(rows, "seed-profile")
+    rate = seed.items_per_s if seed else None
+    add("seed-profile >= 300 items/s", "seed-profile",
+        "-" if seed is None else "no result" if rate is None else
+        f"{rate:,.0f} items/s ({seed.extra.get('worker_processes', '?')} worker processes)",
+        rate, judged(seed, rate, lambda v: v >= 300))
+
+    t95, t100 = (seed.extra.get("t95_s"), seed.extra.get("t100_s")) if seed else (None, None)
+    tail = t100 / t95 if t95 and t100 else None
+    add("seed-profile: 100 % of items done <= 1.3x the time 95 % are done", "seed-profile",
+        "-" if seed is None else "no result" if tail is None else
+        f"100 % at {t100:.1f} s, 95 % at {t95:.1f} s: {tail:.2f}x", tail,
+        judged(seed, tail, lambda v: v <= 1.3))
+
+    zero, floor = _find(rows, "zero-latency"), _find(rows, "floor")
+    ratio = (zero.items_per_s / floor.items_per_s
+             if zero and floor and zero.items_per_s and floor.items_per_s else None)
+    add("zero-latency >= 0.8x the plain-Celery floor (same run)", "zero-latency, floor",
+        "-" if zero is None or floor is None else "no result" if ratio is None else
+        f"{zero.items_per_s:,.0f} items/s = {ratio:.2f}x floor ({floor.items_per_s:,.0f} items/s)",
+        ratio, None if zero is None or floor is None else ratio is not None and ratio >= 0.8)
+
+    post = _find(rows, "post-10k")
+    p50 = percentile(post.post_ms, 0.5) / 1000 if post and post.post_ms else None
+    add("post-10k POST p50 <= 1.0 s", "post-10k",
+        "-" if post is None else "no result" if p50 is None else
+        f"p50 {p50:.2f} s, p95 {percentile(post.post_ms, 0.95) / 1000:.2f} s "
+        f"({len(post.post_ms)} POST{'s' if len(post.post_ms) != 1 else ''})",
+        p50, judged(post, p50, lambda v: v <= 1.0))
+
+    first = post.extra.get("first_final_p50_s") if post else None
+    add("first item final <= 1 s after the 202 (p50 over the post-10k runs)", "post-10k",
+        "-" if post is None else "not seen" if first is None else
+        f"p50 {first:.2f} s (max {max(post.extra['first_final_s']):.2f} s; polled every 20 ms)",
+        first, judged(post, first, lambda v: v <= 1.0))
+
+    one, two = _find(rows, "scale-1w"), _find(rows, "scale-2w")
+    speedup = two.extra.get("speedup_vs_1") if one and two else None
+    add("scale: 2 worker processes >= 1.6x one on seed-profile", "scale-1w, scale-2w",
+        "-" if one is None or two is None else "no result" if speedup is None else
+        f"{two.items_per_s:,.0f} vs {one.items_per_s:,.0f} items/s = {speedup:.2f}x", speedup,
+        None if one is None or two is None else speedup is not None and speedup >= 1.6)
+
+    get = _find(rows, "get")
+    get_p50 = percentile(get.get_ms, 0.5) if get else None
+    add("GET p50 <= 100 ms on a 10,000-item report", "get",
+        "-" if get is None else "no result" if get_p50 is None else
+        f"p50 {get_p50:,.0f} ms, p95 {percentile(get.get_ms, 0.95):,.0f} ms ({get.items:,} items)",
+        get_p50, judged(get, get_p50, lambda v: v <= 100))
+
+    load = _find(rows, "get-load")
+    rps = load.items_per_s if load else None
+    add("small GET >= 1,500 req/s", "get-load",
+        "-" if load is None else "no result" if rps is None else f"{rps:,.0f} req/s", rps,
+        judged(load, rps, lambda v: v >= 1500))
+
+    def peak(role: str, skip: tuple[str, ...] = ()) -> tuple[int | None, str]:
+        found = [(r.usage.get("rss_proc_peak", {}).get(role) or 0, r.scenario) for r in rows
+                 if r.scenario not in skip]
+        found = [f for f in found if f[0]]
+        return max(found) if found else (None, "")
+
+    worker_rss, where = peak("worker", _NOT_PRODUCT_WORKERS)
+    add("worker RSS <= 400 MB per process", "every product row",
+        "no worker measured" if worker_rss is None else f"max {worker_rss / MB:,.0f} MB ({where})",
+        None if worker_rss is None else worker_rss / MB,
+        None if worker_rss is None else worker_rss <= 400 * MB)
+
+    api_rss, where = peak("api")
+    add("API RSS <= 200 MB per process", "every row",
+        "no API measured" if api_rss is None else f"max {api_rss / MB:,.0f} MB ({where})",
+        None if api_rss is None else api_rss / MB, None if api_rss is None else api_rss <= 200 * MB)
+
+    failed = [r.scenario for r in rows if not r.completed]
+    batches = sum(r.batches for r in rows)
+    add("no chord left incomplete", "every row",
+        f"{sum(r.batches_completed for r in rows)}/{batches} batches completed and checked"
+        + (f"; problems in {', '.join(failed)}" if failed else "; no open chord, brokers drained"),
+        len(failed), bool(rows) and not failed)
+    return targets
+
+
+def render_targets(targets: list[dict], console: Console | None = None, quick: bool = False) -> None:
+    title = "targets (issue 12), this run" + (
+        " — --quick sizes: verdicts do not judge the product" if quick else "")
+    table = Table(title=title)
+    for name, justify in (("target", "left"), ("measured", "left"), ("", "center")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for t in targets:
+        style = {"met": "green", "missed": "red"}.get(t["status"], "dim")
+        table.add_row(t["target"], t["measured"], f"[{style}]{t['status']}[/{style}]")
+    (console or Console(width=200)).print(table)
+
+
+# -- Redis operations per item -------------------------------------------------------------------
+
+def _top_calls(ops: dict, count: int = 8) -> str:
+    calls = ops.get("calls_per_unit", {})
+    shown = [f"{name.upper()} {per:,.2f}" for name, per in list(calls.items())[:count] if per >= 0.005]
+    return ", ".join(shown) or "-"
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _kb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:,.1f}"
+
+
+def redis_rows(rows: list[dict]) -> list[list[str]]:
+    """Cells of the Redis table, from JSON rows (as_json) that carry `extra.redis_ops`."""
+    cells = []
+    for row in rows:
+        ops = row.get("extra", {}).get("redis_ops")
+        if not ops:
+            continue
+        cells.append([row["scenario"], f"{ops['units']:,} {ops['unit']}s",
+                      _num(ops.get("commands_per_unit"), ",.1f"), _top_calls(ops),
+                      _num(ops.get("cpu_us_per_unit")), _num(ops.get("command_us_per_unit")),
+                      f"{_kb(ops.get('net_in_bytes_per_unit'))} / {_kb(ops.get('net_out_bytes_per_unit'))}",
+                      f"{_num(ops.get('avg_ops_per_s'))} / {_num(ops.get('peak_ops_per_s'))}",
+                      _num(ops.get("cpu_pct")), _num(ops.get("units_per_s_at_one_core"))])
+    return cells
+
+
+_REDIS_COLUMNS = ("scenario", "units", "commands / unit", "top commands / unit", "Redis CPU µs / unit",
+                  "in commands µs / unit", "net KiB in / out / unit", "ops/s avg / peak",
+                  "Redis CPU % of a core", "units/s at 100 % of one Redis core")
+
+
+def render_redis(rows: list[Row], console: Console | None = None) -> None:
+    table = Table(title="Redis operations per unit (INFO commandstats / stats / cpu deltas over each "
+                        "scenario; every client of the run's Redis; commands inside Lua scripts and "
+                        "MULTI counted as commands)")
+    for i, name in enumerate(_REDIS_COLUMNS):
+        table.add_column(name, justify="left" if i in (0, 3) else "right", overflow="fold")
+    for cells in redis_rows([{"scenario": r.scenario, "extra": r.extra} for r in rows]):
+        table.add_row(*cells)
+    (console or Console(width=200)).print(table)
+
+
+def write_json(path: Path, rows: list[Row], meta: dict, targets: list[dict] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**meta, "all_completed": all(r.completed for r in rows),
+            "targets": targets if targets is not None else evaluate_targets(rows),
             "rows": [r.as_json() for r in rows]}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -176,6 +343,14 @@ def markdown(data: dict) -> str:
             + (f" {row['batches_completed']}/{row['batches']}" if row["batches"] else ""),
             "; ".join(row["notes"] + row["problems"]).replace("|", "/"),
         ]) + " |")
+    if data.get("targets"):
+        lines += ["", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['measured']} | "
+                  f"{'**missed**' if t['status'] == 'missed' else t['status']} |" for t in data["targets"]]
+    if cells := redis_rows(data["rows"]):
+        lines += ["", "| " + " | ".join(_REDIS_COLUMNS) + " |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines)
 
 

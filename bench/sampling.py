@@ -82,6 +82,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.usage = Usage()
+        self.redis_ops = None  # a bench.redis_ops.RedisOps when the window also counts Redis commands
         self._cpu_start: dict[str, float] = {}
         self._wall_start = 0.0
 

@@ -1,6 +1,9 @@
 """The scenarios of issue 5. Each one returns rows; every batch it posts is checked to the last item.
 
 Items/s end to end = items / (POST sent -> GET answers `completed`), polling GET every ~100 ms.
+Product rows run the default deployment: one worker process per core (`--worker-processes`), each
+started on its own with WORKER_PROCESSES=1. Every measuring window also counts the Redis commands
+and Redis CPU it cost (bench/redis_ops.py).
 `hostile` (issue 10) posts bodies that must be refused and measures seconds per MB refused.
 `recovery` (issue 11) SIGKILLs the worker twice during a batch, production defaults, and measures
 how long after the second kill every item is final.
@@ -31,6 +34,7 @@ from celery import chord
 from bench.load import run_load
 from bench.processes import BenchStack
 from bench.profiling import Profiler
+from bench.redis_ops import RedisOpsMeter
 from bench.report import Row
 from bench.sampling import Sampler
 from payouts_core.provider.simulated import SimulatedPixProvider
@@ -39,6 +43,7 @@ from payouts_core.settings import Settings
 from payouts_core.store import PayoutStore
 
 POLL_S = 0.1
+FIRST_POLL_S = 0.02  # while waiting for a batch's first final item (post-10k)
 FINAL = ("paid", "failed", "duplicate")
 _STATUS = re.compile(rb'"status"\s*:\s*"(\w+)"')
 _PROCESSED = re.compile(rb'"processed"\s*:\s*(\d+)')
@@ -56,12 +61,13 @@ class Sizes:
     small_items: int = 3
     retry_backoff: dict = field(default_factory=dict)
     hostile_runs: int = 3
+    scale_processes: tuple[int, ...] = (1, 2, 4)
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
-              floor_items=50, seed_latency_ms="0-10", hostile_runs=1,
+              floor_items=50, seed_latency_ms="0-10", hostile_runs=1, scale_processes=(1, 2),
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -81,10 +87,16 @@ class BatchRun:
     counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     t95: float | None = None  # seconds until 95 % of the items were processed (the rest is the tail)
+    t100: float | None = None  # seconds until every item was processed (POST sent -> processed == total)
+    first_final_s: float | None = None  # 202 received -> first GET showing processed >= 1
 
     @property
     def completed(self) -> bool:
         return self.seconds is not None and not self.problems
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def make_batch(batch_id: str, items: int) -> dict:
@@ -193,8 +205,10 @@ class Bench:
         self._seq += 1
         return f"bench-{self.stack.run_id}-{scenario}-{self._seq}"
 
-    def run_batch(self, scenario: str, items: int, timeout: float | None = None) -> BatchRun:
-        """POST a new batch, poll its report until completed, check it."""
+    def run_batch(self, scenario: str, items: int, timeout: float | None = None,
+                  first_final: bool = False) -> BatchRun:
+        """POST a new batch, poll its report until completed, check it. With `first_final`, first
+        poll every 20 ms until an item is final (`BatchRun.first_final_s`)."""
         batch_id = self.batch_id(scenario)
         body = json.dumps(make_batch(batch_id, items))
         url = f"{self.stack.api_url}/api/payouts"
@@ -205,6 +219,8 @@ class Bench:
             run.problems.append(f"POST answered {response.status_code}: {response.text[:200]}")
             return run
         deadline = started + (timeout or max(60.0, items / 10))
+        if first_final:
+            run.first_final_s = self._first_final(url, batch_id, started + run.post_s, deadline)
         while True:
             asked = time.perf_counter()
             response = self.http.get(f"{url}/{batch_id}", timeout=60)
@@ -213,6 +229,8 @@ class Bench:
             status, processed = _STATUS.search(head), _PROCESSED.search(head)
             if run.t95 is None and processed and int(processed[1]) >= 0.95 * items:
                 run.t95 = time.perf_counter() - started
+            if run.t100 is None and processed and int(processed[1]) >= items:
+                run.t100 = time.perf_counter() - started
             if response.status_code == 200 and status and status[1] == b"completed":
                 run.seconds = time.perf_counter() - started
                 break
@@ -225,16 +243,41 @@ class Bench:
         run.problems.extend(problems)
         return run
 
+    def _first_final(self, url: str, batch_id: str, accepted: float, deadline: float) -> float | None:
+        """Seconds from the 202 until a GET shows an item of the batch final, polling every 20 ms.
+
+        It reads the batch's summary from the history (`GET /api/payouts?limit=1`: the newest
+        batch, one small Redis read) rather than the full report, so that fast polls of a
+        10,000-item report (2 MiB each) do not load the API the first items compete with; it
+        falls back to the report when the summary does not show the batch."""
+        while time.perf_counter() < deadline:
+            asked = time.perf_counter()
+            processed = None
+            response = self.http.get(url, params={"limit": 1}, timeout=60)
+            if response.status_code == 200:
+                processed = next((b.get("processed") for b in response.json().get("batches", [])
+                                  if b.get("batch_id") == batch_id), None)
+            if processed is None:
+                found = _PROCESSED.search(self.http.get(f"{url}/{batch_id}", timeout=60).content[:2048])
+                processed = int(found[1]) if found else 0
+            if processed >= 1:
+                return time.perf_counter() - accepted
+            time.sleep(max(0.0, FIRST_POLL_S - (time.perf_counter() - asked)))
+        return None
+
     # -- measuring ----------------------------------------------------------------------
 
     @contextmanager
     def measure(self, scenario: str) -> Iterator[Sampler]:
-        """Sample RSS/CPU of the API, workers and Redis (and py-spy them with --profile)."""
+        """Sample RSS/CPU of the API, workers and Redis (and py-spy them with --profile), and
+        count the Redis commands and Redis CPU of the window (`sampler.redis_ops`, filled at exit)."""
         def roles() -> dict[str, list[int]]:
             return {"api": [self.stack.api.pid], "worker": [w.pid for w in self.stack.workers],
                     "redis": [self.stack.redis.pid]}
 
-        with Sampler(roles) as sampler, self.profiler.record(scenario, roles()):
+        with Sampler(roles) as sampler, RedisOpsMeter(self.stack.redis_url) as meter, \
+                self.profiler.record(scenario, roles()):
+            sampler.redis_ops = meter.ops
             yield sampler
 
     def broker_backlog(self, client: redis.Redis) -> tuple[int, int]:
@@ -269,6 +312,7 @@ class Bench:
         return problems
 
     def row(self, scenario: str, runs: list[BatchRun], sampler: Sampler, notes: list[str]) -> Row:
+        """A row of batch runs; Redis operations per item over every item of the runs."""
         done = [r for r in runs if r.seconds is not None]
         seconds = statistics.median(r.seconds for r in done) if done else None
         items = runs[0].items if runs else 0
@@ -285,6 +329,10 @@ class Bench:
             row.notes.append(f"paid {c.get('successful')} failed {c.get('failed')} dup {c.get('duplicates')}"
                              + (f"; 95% processed at {run.t95:.1f} s" if run.items >= 100 else ""))
         row.extra["batches"] = [vars(r) | {"get_s": len(r.get_s)} for r in runs]
+        if runs:
+            row.extra.update(t95_s=_round(runs[0].t95), t100_s=_round(runs[0].t100))
+        if sampler.redis_ops is not None:
+            row.extra["redis_ops"] = sampler.redis_ops.per_unit(sum(r.items for r in runs))
         cpu = sampler.usage.cpu_s
         roles = ("api", "worker", "redis", "bench", "other")
         row.notes.append("CPU % of a core: " + " ".join(f"{k} {cpu[k + '_pct']}" for k in roles))
@@ -293,36 +341,61 @@ class Bench:
 
     # -- scenarios ------------------------------------------------------------------------
 
-    def worker_note(self, count: int) -> str:
-        return f"{count} worker x gevent -c {self.stack.concurrency}"
+    @property
+    def processes(self) -> int:
+        """Worker processes of the product rows: the default deployment, one per core."""
+        return self.stack.worker_processes
 
-    def seed_profile(self, scenario: str = "seed-profile", workers: int = 1) -> Row:
+    def worker_note(self, count: int) -> str:
+        return (f"{count} worker process{'es' if count != 1 else ''} x gevent -c {self.stack.concurrency}"
+                " (each its own process, WORKER_PROCESSES=1)")
+
+    def seed_profile(self, scenario: str = "seed-profile", workers: int | None = None) -> Row:
+        workers = workers or self.processes
         self.stack.ensure_workers(self.seed_env(), workers)
         with self.measure(scenario) as sampler:
             run = self.run_batch(scenario, self.sizes.seed_items)
-        return self.row(scenario, [run], sampler, [
+        row = self.row(scenario, [run], sampler, [
             self.worker_note(workers), f"latency {self.sizes.seed_latency_ms} ms, {SEED_FAILURES_NOTE}"])
+        row.extra["worker_processes"] = workers
+        if run.t95 and run.t100:
+            row.notes.insert(-1, f"100% processed at {run.t100:.1f} s = {run.t100 / run.t95:.2f}x "
+                                 "the 95% time")
+        return row
 
     def zero_latency(self) -> Row:
-        self.stack.ensure_workers(self.zero_env(), 1)
+        self.stack.ensure_workers(self.zero_env(), self.processes)
         with self.measure("zero-latency") as sampler:
             run = self.run_batch("zero-latency", self.sizes.zero_items)
         if run.completed:
             self.completed_large = run.batch_id
-        return self.row("zero-latency", [run], sampler, [self.worker_note(1), "latency 0"])
+        row = self.row("zero-latency", [run], sampler, [self.worker_note(self.processes), "latency 0"])
+        row.extra["worker_processes"] = self.processes
+        return row
 
     def post_10k(self) -> Row:
-        """POST latency of large batches: one at a time, each settled (and checked) before the next."""
-        self.stack.ensure_workers(self.zero_env(), 1)
+        """POST latency of large batches: one at a time, each settled (and checked) before the next;
+        after each 202, the time until its first item is final (polled every 20 ms)."""
+        self.stack.ensure_workers(self.zero_env(), self.processes)
         with self.measure("post-10k") as sampler:
-            runs = [self.run_batch("post-10k", self.sizes.zero_items) for _ in range(self.sizes.post_runs)]
+            runs = [self.run_batch("post-10k", self.sizes.zero_items, first_final=True)
+                    for _ in range(self.sizes.post_runs)]
         if any(r.completed for r in runs):
             self.completed_large = next(r.batch_id for r in runs if r.completed)
-        return self.row("post-10k", runs, sampler,
-                        [f"{len(runs)} runs, worker running (latency 0); seconds, items/s: median"])
+        firsts = [r.first_final_s for r in runs if r.first_final_s is not None]
+        first_p50 = statistics.median(firsts) if firsts else None
+        row = self.row("post-10k", runs, sampler, [
+            f"{len(runs)} runs, {self.worker_note(self.processes)} running (latency 0); "
+            "seconds, items/s: median",
+            "first item final after the 202: "
+            + ("not seen" if first_p50 is None else
+               f"p50 {first_p50:.2f} s (max {max(firsts):.2f} s, polled every 20 ms)")])
+        row.extra.update(worker_processes=self.processes, first_final_p50_s=_round(first_p50, 3),
+                         first_final_s=[_round(f, 3) for f in firsts])
+        return row
 
     def get(self) -> list[Row]:
-        self.stack.ensure_workers(self.zero_env(), 1)
+        self.stack.ensure_workers(self.zero_env(), self.processes)
         runs = []
         if self.completed_large is None:
             runs.append(self.run_batch("get", self.sizes.zero_items))
@@ -338,9 +411,11 @@ class Bench:
         report_row = Row("get", self.sizes.zero_items, usage=vars(sampler.usage), get_ms=latencies,
                          batches=len(runs), batches_completed=sum(r.completed for r in runs),
                          notes=[f"{len(latencies)} sequential GETs of a completed report, "
-                                f"{max(sizes) / 1024:,.0f} KiB each"])
+                                f"{max(sizes) / 1024:,.0f} KiB each",
+                                f"{self.processes} worker processes idle"])
         report_row.problems = [p for r in runs for p in r.problems]
         report_row.completed = not report_row.problems
+        report_row.extra["redis_ops"] = sampler.redis_ops.per_unit(len(latencies), "request")
         self.rows.append(report_row)
 
         small = self.run_batch("get-small", self.sizes.small_items)
@@ -349,20 +424,25 @@ class Bench:
                             headers=self.stack.auth_headers)
         load_row = self.row("get-load", [small], sampler, [
             f"items/s = GET req/s on a {small.items}-item batch; {load.tool}, {load.seconds:.0f} s, "
-            f"{load.errors} errors"])
+            f"{load.errors} errors; {self.processes} worker processes idle"])
         load_row.seconds, load_row.items, load_row.items_per_s = load.seconds, load.requests, load.rate
         load_row.post_ms, load_row.get_ms = [], [load.p50_ms, load.p95_ms]
         load_row.extra["load"] = vars(load)
+        load_row.extra["redis_ops"] = sampler.redis_ops.per_unit(load.requests, "request")
         if load.errors:
             load_row.problems.append(f"{load.errors} load errors")
         return [report_row, load_row]
 
     def scale(self) -> list[Row]:
-        one = self.seed_profile("scale-1w", workers=1)
-        two = self.seed_profile("scale-2w", workers=2)
-        if one.items_per_s and two.items_per_s:
-            two.notes.insert(0, f"{two.items_per_s / one.items_per_s:.2f}x of 1 worker")
-        return [one, two]
+        """seed-profile with 1, 2 and 4 worker processes (`--quick`: 1 and 2)."""
+        rows = [self.seed_profile(f"scale-{n}w", workers=n) for n in self.sizes.scale_processes]
+        one = rows[0]
+        for row in rows[1:]:
+            if one.items_per_s and row.items_per_s:
+                speedup = row.items_per_s / one.items_per_s
+                row.extra["speedup_vs_1"] = round(speedup, 2)
+                row.notes.insert(0, f"{speedup:.2f}x of 1 process")
+        return rows
 
     def floor(self) -> Row:
         """A plain Celery chord of no-op tasks, default settings, on database 1 of the same Redis."""
@@ -447,7 +527,8 @@ class Bench:
         problems = [f"reconcile: {p}" for p in reconcile(store, provider)]
         broker = "RabbitMQ (quorum)" if self.stack.vhost else "Redis"
         row = self.row("recovery", [run], sampler, [
-            f"{broker}; worker SIGKILLed at 20 % and 30 % processed, {kills[1] - kills[0]:.1f} s apart, "
+            f"{broker}; one worker process, SIGKILLed at 20 % and 30 % processed, "
+            f"{kills[1] - kills[0]:.1f} s apart, "
             f"a new one started each time; {processed_at_kill}/{items} final at the second kill",
             f"99 % final {most_s or float('nan'):.1f} s and every item final "
             f"{final_s or float('nan'):.1f} s after the second kill, batch completed "
@@ -517,7 +598,8 @@ class Bench:
                           f"{mb:.2f} MB -> {expected}, {seconds / mb:.3f} s per MB refused",
                           f"median of {len(latencies)}; CPU % of a core: "
                           + " ".join(f"{k} {cpu[k + '_pct']}" for k in ("api", "bench", "other"))])
-            row.extra.update(body_bytes=len(raw), seconds_per_mb=round(seconds / mb, 4))
+            row.extra.update(body_bytes=len(raw), seconds_per_mb=round(seconds / mb, 4),
+                             redis_ops=sampler.redis_ops.per_unit(len(latencies), "request"))
             rows.append(row)
         if sum(1 for _ in self.redis.scan_iter("payouts:*", count=1000)) != keys_before:
             rows[-1].problems.append("a refused body wrote payouts:* keys")

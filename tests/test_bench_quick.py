@@ -1,7 +1,8 @@
 """The benchmark harness keeps working: `python -m bench --quick` runs every scenario end to end.
 
-Only that it ran and that every batch and chord completed is asserted; no timing is (CI machines
-are too noisy for that, and the numbers belong in docs/BENCHMARKS.md).
+Only that it ran, that every batch and chord completed, and that the targets table and the Redis
+counts were produced is asserted; no timing, and no target's verdict, is (CI machines are too
+noisy for that, and the numbers belong in docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# --quick leaves out scale-4w (four more worker processes to start, for a speed it never judges).
 SCENARIO_ROWS = {"seed-profile", "zero-latency", "post-10k", "get", "get-load", "scale-1w", "scale-2w",
                  "floor"}
+TARGETS = 11  # issue 12's targets, each judged in the run
 
 
 @pytest.mark.timeout(300)
@@ -34,3 +37,11 @@ def test_quick_benchmark_completes_every_batch(tmp_path):
         assert row["completed"], (name, row["problems"])
         assert row["batches_completed"] == row["batches"], name
         assert not row["problems"], (name, row["problems"])
+        assert row["extra"]["redis_ops"]["commands"] > 0, name  # its Redis operations were counted
+
+    # Every target has a number from this run (the floor included), whether met or missed.
+    assert len(results["targets"]) == TARGETS
+    for target in results["targets"]:
+        assert target["status"] in ("met", "missed"), target
+        assert target["value"] is not None, target
+    assert next(t for t in results["targets"] if t["target"] == "no chord left incomplete")["status"] == "met"
