@@ -1,4 +1,6 @@
 # One image for the API, the Celery workers and Flower (docker-compose.yml picks the command).
+# Workers: `payouts-worker --pool gevent` (setup.cfg's console script), one gevent Celery
+# worker process per core of the container (WORKER_PROCESSES).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -21,6 +21,7 @@ from payouts_devstack.process import Process, StackError, process_env
 from payouts_devstack.procfile import procfile_command
 from payouts_devstack.rabbitmq import RabbitNode, Vhost
 from payouts_devstack.redis_server import free_port, start_redis
+from payouts_tasks.worker_processes import child_hostnames
 
 # Settings that would point the stack's processes at another Redis than its own.
 REDIS_OVERRIDES = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PAYOUTS_STORE_URL",
@@ -118,9 +119,14 @@ class Stack:
 
     def start_worker(self, pool: str | None = None, concurrency: int | None = None,
                      env: Mapping[str, str] | None = None, extra: Iterable[str] = (),
-                     hostname: str | None = None, wait: bool = True, timeout: float = 60) -> Process:
+                     hostname: str | None = None, wait: bool = True, timeout: float = 60,
+                     processes: int = 1) -> Process:
         """A Procfile worker (its pool and concurrency unless given); returns once it answers a
-        ping, or at once with `wait=False` (then `wait_for_workers` several together)."""
+        ping, or at once with `wait=False` (then `wait_for_workers` several together).
+
+        `processes` sets WORKER_PROCESSES (whatever `env` holds). With 1, the Procfile's launcher
+        execs celery, so the Process is the worker itself, as tests that kill workers need; with
+        more, it is the launcher, and `hostnames` names its children (all waited for)."""
         n = next(self._seq)
         hostname = hostname or f"w{n}-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
         options = {"--hostname": hostname}
@@ -128,16 +134,19 @@ class Stack:
             options["--pool"] = pool
         if concurrency:
             options["--concurrency"] = str(concurrency)
+        env = {**(env or {}), "WORKER_PROCESSES": str(processes)}
         worker = self.start("worker", options, [*WORKER_FLAGS, *extra], env, hostname)
+        worker.hostnames = child_hostnames(hostname, processes)
         if wait:
             self.wait_for_workers([worker], timeout=timeout)
         return worker
 
     def wait_for_workers(self, workers: list[Process], broker_url: str | None = None,
                          timeout: float = 60) -> None:
-        """Return once every worker answers a Celery ping addressed to its hostname."""
+        """Return once every worker answers a Celery ping addressed to its hostname (each of a
+        launcher's children to theirs)."""
         control = Celery("devstack-control", broker=broker_url or Settings.from_env(self.env).broker_url)
-        waiting = {w.hostname for w in workers}
+        waiting = {name for w in workers for name in getattr(w, "hostnames", None) or [w.hostname]}
 
         def answered() -> bool:
             replies = control.control.ping(destination=sorted(waiting), timeout=0.5, limit=len(waiting))

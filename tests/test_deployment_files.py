@@ -112,7 +112,7 @@ def test_procfile_runs_api_worker_beat_and_flower():
     processes = procfile()
     assert set(processes) == {"api", "worker", "beat", "flower"}
     assert "payouts_api:create_app()" in with_defaults(processes["api"])
-    assert with_defaults(processes["worker"])[:4] == ["celery", "-A", "payouts_tasks", "worker"]
+    assert with_defaults(processes["worker"])[0] == "payouts-worker"
     assert with_defaults(processes["flower"])[:4] == ["celery", "-A", "payouts_tasks", "flower"]
 
 
@@ -133,12 +133,38 @@ def test_gunicorn_accepts_the_api_options():
 
 
 def test_celery_worker_accepts_the_worker_options():
+    """payouts-worker hands its arguments to `celery -A payouts_tasks worker`."""
     from celery.bin.worker import worker
 
     known = {opt for param in worker.params for opt in param.opts}
-    args = with_defaults(procfile()["worker"])[4:]
+    args = with_defaults(procfile()["worker"])[1:]
     flags = [arg for arg in args if arg.startswith("-")]
     assert flags and set(flags) <= known
+    assert "--pool" in flags and args[args.index("--pool") + 1] == "gevent"
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.cfg's console scripts: what `pip install .` (the Dockerfile's too) puts on PATH."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read_string(read("setup.cfg"))
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict((part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def test_worker_launcher_runs_the_celery_worker_of_this_package():
+    """The Procfile's, compose's and so the image's worker: payouts-worker, installed with the
+    package, runs `celery -A payouts_tasks worker`, one process per core by default."""
+    from payouts_tasks import worker_processes
+
+    for command in (procfile()["worker"], compose()["services"]["worker"]["command"]):
+        assert console_scripts()[with_defaults(command)[0]] == "payouts_tasks.worker_processes:main"
+    assert worker_processes.CELERY_WORKER == ("-A", "payouts_tasks", "worker")
+    assert worker_processes.celery_command() == [str(BIN / "celery"), "-A", "payouts_tasks", "worker"]
+    assert "WORKER_PROCESSES" not in procfile()["worker"]  # the setting, read by the launcher
+    dockerfile = read("Dockerfile")
+    assert "COPY payouts_tasks ./payouts_tasks" in dockerfile and "pip install ." in dockerfile
 
 
 def test_celery_beat_accepts_the_beat_options():

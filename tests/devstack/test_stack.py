@@ -22,8 +22,7 @@ def test_worker_line_expands_env_and_defaults_and_takes_options():
     env = {"PATH": str(VENV_BIN)}
     argv = procfile_command("worker", env, {"--pool": "solo", "--hostname": "a@b"}, ["--without-gossip"])
 
-    assert argv[0] == str(VENV_BIN / "celery")
-    assert argv[1:4] == ["-A", "payouts_tasks", "worker"]
+    assert argv[0] == str(VENV_BIN / "payouts-worker")  # celery -A payouts_tasks worker, per core
     assert argv[argv.index("--loglevel") + 1] == "info"  # ${LOG_LEVEL:-info}, LOG_LEVEL unset
     assert argv.count("--pool") == 1 and argv[argv.index("--pool") + 1] == "solo"
     assert argv[-3:] == ["--hostname", "a@b", "--without-gossip"]
