@@ -1,5 +1,6 @@
-"""`make run`: the API, a Celery worker and Flower under honcho (see Procfile), in the foreground
-with their output interleaved; the Redis start and the processes' env come from payouts_devstack.
+"""`make run`: the API, the Celery workers (one process per core) and Flower under honcho (see
+Procfile), in the foreground with their output interleaved; the Redis start and the processes' env
+come from payouts_devstack.
 
 When nothing answers at REDIS_URL and it names this machine, a private redis-server is started
 on that port (data in var/redis) and stopped again on exit, so a machine with only Python can
@@ -120,6 +121,9 @@ def main() -> int:
 
     say(f"API http://127.0.0.1:{env['PORT']} (docs at /docs), "
         f"Flower http://127.0.0.1:{env.get('FLOWER_PORT') or 5555}; Ctrl-C stops everything")
+    processes = settings.worker_processes
+    say(f"{processes} Celery worker process{'es' if processes > 1 else ''} (gevent, "
+        f"{settings.worker_concurrency} greenlets each; WORKER_PROCESSES, default one per usable core)")
     try:
         return run_honcho(env)
     finally:
