@@ -178,7 +178,9 @@ class Settings:
         ispb = env.get("PIX_SIM_ISPB") or "13935893"
         if len(ispb) != 8 or not ispb.isdigit():
             raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
-        backoff_base = _float(env, "PAYOUTS_RETRY_BACKOFF_BASE_S", 0.5, 0.0, 60.0)
+        # 0.25-0.5 s, then 0.5-1 s, 1-2 s: the seed profile's retried items ended its batches
+        # (100 % done at 2.0x the 95 % time with a 0.5 s base; docs/BENCHMARKS.md).
+        backoff_base = _float(env, "PAYOUTS_RETRY_BACKOFF_BASE_S", 0.25, 0.0, 60.0)
         # Chosen together so a SIGKILLed worker's messages come back within about a minute on a
         # Redis broker (docs/RELIABILITY.md, "Bounded redelivery"): visibility 70 s > time limit
         # 55 s + the longest retry countdown (10 s + 20 % jitter), time limit > the SPI deadline.
@@ -241,7 +243,9 @@ class Settings:
             retry_backoff_max_s=backoff_max,
             inflight_wait_max_s=_int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1),
             visibility_timeout_s=visibility,
-            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 500, minimum=1),
+            # Provider calls in flight per process: a settle mostly waits on the provider, and
+            # 2 x 500 greenlets ran a 2,000-item batch in two waves (docs/BENCHMARKS.md).
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1000, minimum=1),
             worker_processes=worker_processes,
             provider_latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
             provider_permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),

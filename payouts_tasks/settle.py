@@ -106,11 +106,15 @@ def settle(self, client: str, batch_id: str, index: int, waiting_since: float | 
 
 def _can_retry_in_task(started: float, delay: float) -> bool:
     """Retry a transient error inside the task when the wait is short and a whole provider call
-    (up to its settlement deadline) still fits well within the hard time limit."""
+    (up to its settlement deadline) still ends before 90 % of the hard time limit.
+
+    With 80 % (44 s of 55 s, minus a 40 s deadline) a second retry rarely fitted: those items
+    went through the broker and ended the seed profile's batches ~3 s after every other item.
+    """
     settings = get_settings()
     elapsed = time.monotonic() - started
     return (delay <= IN_TASK_RETRY_MAX_S
-            and elapsed + delay + settings.provider_settlement_timeout_s < settings.settle_time_limit_s * 0.8)
+            and elapsed + delay + settings.provider_settlement_timeout_s < settings.settle_time_limit_s * 0.9)
 
 
 def _done(outcome: str, context: dict, started: float, level: int = logging.INFO) -> str:
