@@ -360,13 +360,18 @@ class WebhookStore:
                        int(fields["window_start_ms"]))
 
     def end_attempt(self, client: str, delivery_id: str, status: str, status_code: int | None,
-                    error: str, next_attempt_ms: int | None = None, due_ms: int | None = None) -> None:
+                    error: str, next_attempt_ms: int | None = None, due_ms: int | None = None,
+                    attempts: int | None = None) -> None:
         """Record one attempt: `delivered`/`failed`/`refused` are final; `pending` is tried again
-        at next_attempt_ms (the sweeper sends it at due_ms if no message does before)."""
+        at next_attempt_ms (the sweeper sends it at due_ms if no message does before).
+
+        `attempts` is the count including this attempt (None: no request was sent), written, not
+        incremented: the store client replays a transaction whose answer a Redis restart lost."""
         key = self._delivery_key(client, delivery_id)
         member = f"{encode_id(client)}:{delivery_id}"
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "attempts", 1)
+            if attempts is not None:
+                pipe.hset(key, "attempts", attempts)
             pipe.hset(key, mapping={"status": status, "last_status_code": status_code or "",
                                     "last_error": error[:300],
                                     "next_attempt_ms": next_attempt_ms or "",

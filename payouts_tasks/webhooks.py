@@ -160,7 +160,7 @@ def attempt_delivery(settings: Settings, client: str, delivery_id: str) -> tuple
     try:
         code, answer, retry_after_header = post(settings, attempt)
     except DestinationRefused as exc:
-        store.end_attempt(client, delivery_id, "refused", None, f"refused: {exc}")
+        store.end_attempt(client, delivery_id, "refused", None, f"refused: {exc}", attempts=number)
         DELIVERIES.labels("refused").inc()
         log.warning("webhook refused by the SSRF guard", extra=context)
         return "refused", None
@@ -168,13 +168,13 @@ def attempt_delivery(settings: Settings, client: str, delivery_id: str) -> tuple
         error = f"{type(exc).__name__}: {exc}"[:300]
     else:
         if 200 <= code < 300:
-            store.end_attempt(client, delivery_id, "delivered", code, "")
+            store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number)
             DELIVERIES.labels("delivered").inc()
             log.info("webhook delivered", extra={**context, "status_code": code})
             return "delivered", None
         error = f"HTTP {code}" + (f": {answer}" if answer else "")
         if code != 429 and code < 500:
-            store.end_attempt(client, delivery_id, "failed", code, error)
+            store.end_attempt(client, delivery_id, "failed", code, error, attempts=number)
             DELIVERIES.labels("failed").inc()
             log.warning("webhook answered %s: not retried", code, extra=context)
             return "failed", None
@@ -182,13 +182,14 @@ def attempt_delivery(settings: Settings, client: str, delivery_id: str) -> tuple
     delay = backoff_s(settings, number, retry_after)
     next_ms = int((time.time() + delay) * 1000)
     if next_ms > attempt.window_start_ms + settings.webhook_retry_window_s * 1000:
-        store.end_attempt(client, delivery_id, "failed", code, f"{error} (retry window over)")
+        store.end_attempt(client, delivery_id, "failed", code, f"{error} (retry window over)",
+                          attempts=number)
         DELIVERIES.labels("failed").inc()
         log.warning("webhook given up after %s attempts", number, extra=context)
         return "failed", None
     by_message = delay <= countdown_limit_s(settings)
     store.end_attempt(client, delivery_id, "pending", code, error, next_ms,
-                      next_ms + redrive_grace_ms(settings) if by_message else next_ms)
+                      next_ms + redrive_grace_ms(settings) if by_message else next_ms, attempts=number)
     DELIVERIES.labels("retry").inc()
     log.info("webhook attempt failed; retrying in %.1f s", delay, extra={**context, "error": error})
     return "retry", delay if by_message else None

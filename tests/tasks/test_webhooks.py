@@ -84,6 +84,22 @@ def test_500_twice_then_200_is_delivered_once_after_three_attempts(hooks, receiv
     assert len(receiver.received) == 3
 
 
+def test_an_attempt_recorded_twice_counts_once(hooks, receiver, uid):
+    """The store client replays a transaction whose answer a Redis restart lost: the replay must
+    not count a second attempt (the count is written, not incremented)."""
+    receiver.script = [500, 200]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    assert run_until_final(client, delivery_id, limit=1) == ["retry"]
+
+    now_ms = int(time.time() * 1000)
+    hooks.end_attempt(client, delivery_id, "pending", 500, "HTTP 500", now_ms, now_ms,
+                      attempts=1)  # the replay
+
+    assert hooks.delivery(client, delivery_id)["attempts"] == 1
+    assert run_until_final(client, delivery_id) == ["delivered"]
+    assert hooks.delivery(client, delivery_id)["attempts"] == 2 == len(receiver.received)
+
+
 @pytest.mark.parametrize("status", [410, 400, 404, 301])
 def test_other_answers_are_not_retried(hooks, receiver, uid, status):
     receiver.script = [status, 200]
