@@ -62,12 +62,14 @@ class Sizes:
     retry_backoff: dict = field(default_factory=dict)
     hostile_runs: int = 3
     scale_processes: tuple[int, ...] = (1, 2, 4)
+    scale_zero_items: int = 5_000
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
               floor_items=50, seed_latency_ms="0-10", hostile_runs=1, scale_processes=(1, 2),
+              scale_zero_items=50,
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -363,14 +365,16 @@ class Bench:
                                  "the 95% time")
         return row
 
-    def zero_latency(self) -> Row:
-        self.stack.ensure_workers(self.zero_env(), self.processes)
-        with self.measure("zero-latency") as sampler:
-            run = self.run_batch("zero-latency", self.sizes.zero_items)
-        if run.completed:
+    def zero_latency(self, scenario: str = "zero-latency", workers: int | None = None,
+                     items: int | None = None) -> Row:
+        workers = workers or self.processes
+        self.stack.ensure_workers(self.zero_env(), workers)
+        with self.measure(scenario) as sampler:
+            run = self.run_batch(scenario, items or self.sizes.zero_items)
+        if run.completed and items is None:
             self.completed_large = run.batch_id
-        row = self.row("zero-latency", [run], sampler, [self.worker_note(self.processes), "latency 0"])
-        row.extra["worker_processes"] = self.processes
+        row = self.row(scenario, [run], sampler, [self.worker_note(workers), "latency 0"])
+        row.extra["worker_processes"] = workers
         return row
 
     def post_10k(self) -> Row:
@@ -434,15 +438,19 @@ class Bench:
         return [report_row, load_row]
 
     def scale(self) -> list[Row]:
-        """seed-profile with 1, 2 and 4 worker processes (`--quick`: 1 and 2)."""
-        rows = [self.seed_profile(f"scale-{n}w", workers=n) for n in self.sizes.scale_processes]
-        one = rows[0]
-        for row in rows[1:]:
-            if one.items_per_s and row.items_per_s:
-                speedup = row.items_per_s / one.items_per_s
-                row.extra["speedup_vs_1"] = round(speedup, 2)
-                row.notes.insert(0, f"{speedup:.2f}x of 1 process")
-        return rows
+        """seed-profile with 1, 2 and 4 worker processes (`--quick`: 1 and 2), then the same at
+        zero latency (`scale-zero-*`), where the workers' CPU rather than the provider is the limit."""
+        seed = [self.seed_profile(f"scale-{n}w", workers=n) for n in self.sizes.scale_processes]
+        zero = [self.zero_latency(f"scale-zero-{n}w", workers=n, items=self.sizes.scale_zero_items)
+                for n in self.sizes.scale_processes[:2]]
+        for rows in (seed, zero):
+            one = rows[0]
+            for row in rows[1:]:
+                if one.items_per_s and row.items_per_s:
+                    speedup = row.items_per_s / one.items_per_s
+                    row.extra["speedup_vs_1"] = round(speedup, 2)
+                    row.notes.insert(0, f"{speedup:.2f}x of 1 process")
+        return seed + zero
 
     def floor(self) -> Row:
         """A plain Celery chord of no-op tasks, default settings, on database 1 of the same Redis."""

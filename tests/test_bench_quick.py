@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # --quick leaves out scale-4w (four more worker processes to start, for a speed it never judges).
 SCENARIO_ROWS = {"seed-profile", "zero-latency", "post-10k", "get", "get-load", "scale-1w", "scale-2w",
-                 "floor"}
+                 "scale-zero-1w", "scale-zero-2w", "floor"}
 TARGETS = 11  # issue 12's targets, each judged in the run
 
 
