@@ -44,6 +44,7 @@ class RedisOps:
     net_in_bytes: int = 0
     net_out_bytes: int = 0
     calls: dict[str, int] = field(default_factory=dict)
+    usec: dict[str, int] = field(default_factory=dict)  # time inside each command (the model's split)
     peak_ops_per_s: int | None = None  # highest INFO stats instantaneous_ops_per_sec seen in the window
 
     def per_unit(self, units: int, unit: str = "item") -> dict:
@@ -55,11 +56,13 @@ class RedisOps:
                 "avg_ops_per_s": round(self.commands / self.seconds) if self.seconds else None,
                 "peak_ops_per_s": self.peak_ops_per_s,
                 "cpu_pct": round(100 * self.cpu_s / self.seconds) if self.seconds else None,
-                "calls": dict(sorted(self.calls.items(), key=lambda kv: -kv[1]))}
+                "calls": dict(sorted(self.calls.items(), key=lambda kv: -kv[1])),
+                "usec": dict(sorted(self.usec.items(), key=lambda kv: -kv[1]))}
         if units:
             data.update(
                 commands_per_unit=round(self.commands / units, 2),
                 calls_per_unit={k: round(v / units, 3) for k, v in data["calls"].items()},
+                usec_per_unit={k: round(v / units, 1) for k, v in data["usec"].items()},
                 cpu_us_per_unit=round(1e6 * self.cpu_s / units, 1),
                 command_us_per_unit=round(self.command_us / units, 1),
                 net_in_bytes_per_unit=round(self.net_in_bytes / units),
@@ -125,5 +128,7 @@ class RedisOpsMeter:
         self.ops.cpu_s = end["cpu_s"] - self._start["cpu_s"]
         self.ops.net_in_bytes = end["net_in"] - self._start["net_in"]
         self.ops.net_out_bytes = end["net_out"] - self._start["net_out"]
-        self.ops.command_us = sum(usec - before.get(name, (0, 0))[1]
-                                  for name, (_, usec) in end["commands"].items() if name not in _OWN)
+        usec = {name: spent - before.get(name, (0, 0))[1]
+                for name, (_, spent) in end["commands"].items() if name not in _OWN}
+        self.ops.usec = {name: us for name, us in usec.items() if us > 0}
+        self.ops.command_us = sum(self.ops.usec.values())
