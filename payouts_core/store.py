@@ -151,6 +151,13 @@ def decode_cursor(cursor: str, *types: type) -> tuple:
     return tuple(position)
 
 
+def _item_json(value: dict) -> bytes:
+    """orjson's output as a bytes object of its own size: each orjson 3.13 result kept ~4 KB of
+    memory (measured: 20,000 kept results 78 MB, copies 3.6 MB), and a batch keeps 20,000 of
+    them until its write is sent (the API grew to 325 MB per process)."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def fingerprint(payload: dict) -> str:
     """A stable digest of a validated batch payload: same payload, same fingerprint."""
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -240,14 +247,14 @@ class PayoutStore:
             }
             if order.pix_key_type:
                 public["pix_key_type"] = order.pix_key_type
-            items[str(order.index)] = orjson.dumps(public)
+            items[str(order.index)] = _item_json(public)
             record = {"external_id": order.external_id, "amount_cents": order.amount_cents,
                       "pix_key": order.pix_key, "terms": order.terms,
                       "claim": claim_key(ref.client, order.external_id)}
             if order.external_id in first_seen:  # a repeat waits for the previous occurrence
                 record["wait_for"] = first_seen[order.external_id]
             first_seen[order.external_id] = order.index
-            private[str(order.index)] = orjson.dumps(record)
+            private[str(order.index)] = _item_json(record)
 
         with self.client.pipeline(transaction=True) as pipe:
             while True:
