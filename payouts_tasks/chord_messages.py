@@ -15,16 +15,23 @@ version for this reason).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from celery import Signature
 from celery.backends.redis import RedisBackend
 from celery.utils import uuid
 from celery.utils.saferepr import saferepr
+from kombu import Producer
+from kombu.exceptions import OperationalError
 
 # Messages buffered before kombu flushes its pipeline; the first items can settle meanwhile.
 BATCH_SIZE = 500
+# RabbitMQ: how long the publisher waits for the broker to confirm a whole chord.
+CONFIRM_TIMEOUT_S = 60.0
 
 
 class _Recorder:
@@ -92,6 +99,85 @@ def chord_template(header: Signature, body: Signature) -> ChordTemplate:
                          argsrepr_maxsize=app.amqp.argsrepr_maxsize)
 
 
+@contextmanager
+def _publishing(app) -> Iterator[Producer]:
+    """A producer for one chord's messages; leaving the block means the broker holds them all.
+
+    Redis: kombu's pipelined publish batch. RabbitMQ with publisher confirms: a channel of its
+    own whose confirms are awaited together at the end instead of one by one (3.3 ms each,
+    measured: a 10,000-item chord took ~30 s to publish).
+    """
+    with app.producer_or_acquire() as pooled:
+        connection = pooled.connection
+        if not (connection.transport.driver_type == "amqp"
+                and connection.transport_options.get("confirm_publish")):
+            with pooled.batch(max_size=BATCH_SIZE):
+                yield pooled
+            return
+        channel = connection.channel()
+        try:
+            confirms = PublisherConfirms(channel)
+            yield Producer(channel, auto_declare=False)
+            confirms.wait(CONFIRM_TIMEOUT_S)
+        finally:
+            with suppress(Exception):  # a broken channel: the error above says why
+                channel.close()
+
+
+class PublisherConfirms:
+    """Publisher confirms of one py-amqp channel, awaited for every message at once.
+
+    The channel is put in confirm mode here, so delivery tags count this channel's messages from
+    1; the broker acks each (or every tag up to one, `multiple`) once it holds it durably.
+    """
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.sent = self.confirmed = self.upto = 0
+        self.singles: set[int] = set()
+        self.refused = 0
+        channel.confirm_select()
+        channel._confirm_selected = True
+        raw_publish = channel._basic_publish
+
+        def publish_without_waiting(*args, **kwargs):
+            kwargs.pop("confirm_timeout", None)
+            self.sent += 1
+            return raw_publish(*args, **kwargs)
+
+        channel.basic_publish = publish_without_waiting  # instead of py-amqp's wait per message
+        channel.events["basic_ack"].add(self._acked)
+        channel.events["basic_nack"].add(self._refused)
+
+    def _acked(self, tag: int, multiple: bool) -> None:
+        if not multiple:
+            if tag > self.upto and tag not in self.singles:
+                self.singles.add(tag)
+                self.confirmed += 1
+            return
+        if tag <= self.upto:
+            return
+        below = {t for t in self.singles if t <= tag}
+        self.singles -= below
+        self.confirmed += (tag - self.upto) - len(below)
+        self.upto = tag
+
+    def _refused(self, tag: int, multiple: bool) -> None:
+        self.refused += 1
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.confirmed < self.sent and not self.refused:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OperationalError(f"{self.sent - self.confirmed} of {self.sent} chord messages "
+                                       f"unconfirmed after {timeout:g} s")
+            with suppress(socket.timeout):
+                self.channel.connection.drain_events(timeout=min(remaining, 1.0))
+        if self.refused:
+            raise OperationalError("the broker refused (nacked) chord messages")
+
+
 def publish_chord(task, header_args: Sequence[tuple], body: Signature, **options) -> str:
     """Publish one chord: a header of `task.si(*args).set(**options)` for each of `header_args`,
     then `body`; returns the body's task id (the chord's result id), as `chord.apply_async`."""
@@ -108,7 +194,7 @@ def publish_chord(task, header_args: Sequence[tuple], body: Signature, **options
     # after it surfaces at a batch flush (the caller then publishes the whole chord again), so
     # the others skip kombu's per-message declare and retry wrapper (a third of the CPU, measured).
     after_first = {"declare": [], "retry": False}
-    with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
+    with _publishing(app) as producer:
         for group_index, args in enumerate(header_args):
             message_body, publish_kwargs = template.message(tuple(args), group_index)
             if group_index:

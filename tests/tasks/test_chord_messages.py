@@ -14,9 +14,11 @@ import subprocess
 import sys
 
 import pytest
+from kombu.exceptions import OperationalError
 
 from payouts_devstack import Stack
 from payouts_devstack.rabbitmq import unavailable_reason
+from payouts_tasks.chord_messages import PublisherConfirms
 
 # Ids with every character class an id may hold (SPEC §9), and one long enough that Celery's
 # argsrepr is truncated (the template then asks saferepr itself).
@@ -85,3 +87,44 @@ def test_template_messages_equal_celerys_on_rabbitmq(tmp_path):
         stack.start_redis()
         stack.use_rabbitmq()
         assert_same_chord(capture(stack.env, "cli:ent", "b/1", 5), 5)
+        # Confirms awaited together: every message of a large chord arrives, in order.
+        assert_same_chord(capture(stack.env, "acme", "large", 1200), 1200)
+
+
+class FakeChannel:
+    """What PublisherConfirms touches of a py-amqp channel: confirm mode, raw publish, ack events."""
+
+    def __init__(self):
+        self.events = {"basic_ack": set(), "basic_nack": set()}
+        self.selected = False
+
+    def confirm_select(self):
+        self.selected = True
+
+    def _basic_publish(self, *args, **kwargs):
+        return None
+
+
+def test_confirms_count_single_multiple_and_out_of_order_acks():
+    channel = FakeChannel()
+    confirms = PublisherConfirms(channel)
+    for _ in range(10):
+        channel.basic_publish("message", exchange="", routing_key="celery", confirm_timeout=5)
+    [ack] = channel.events["basic_ack"]
+
+    for tag, multiple in [(2, False), (5, False), (4, True), (4, False), (9, False), (8, True)]:
+        ack(tag, multiple)
+    assert (confirms.sent, confirms.confirmed) == (10, 9)  # 1-8 and 9; 10 is still out
+    ack(10, False)
+    assert confirms.confirmed == 10
+    confirms.wait(timeout=0.1)  # returns at once: nothing left to wait for
+
+
+def test_a_refused_or_unconfirmed_chord_raises_so_the_publish_task_retries():
+    channel = FakeChannel()
+    confirms = PublisherConfirms(channel)
+    channel.basic_publish("message")
+    [nack] = channel.events["basic_nack"]
+    nack(1, False)
+    with pytest.raises(OperationalError, match="refused"):
+        confirms.wait(timeout=1)
