@@ -150,6 +150,16 @@ def provider():
     return get_provider()
 
 
+def wait_for(check, timeout: float, what: str):
+    """Poll `check` until it returns something true (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
 def wait_for_report(client, batch_id: str, timeout: float = 120.0) -> dict:
     """Poll GET until the batch is completed; returns the final report."""
     deadline = time.monotonic() + timeout

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import requests
 from standardwebhooks import Webhook
 
 from payouts_devstack import Stack
 from payouts_devstack.redis_server import free_port
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, wait_for
 from tests.webhook_receiver import Receiver
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -28,15 +27,6 @@ ENV = {
     "PAYOUTS_STALL_AFTER_S": "6", "PAYOUTS_SWEEP_INTERVAL_S": "1",
     "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.5", "PAYOUTS_WORKER_METRICS_PORT": "0",
 }
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def test_completion_event_survives_a_worker_kill_and_a_receiver_outage(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from tests.conftest import API_KEY, OTHER_KEY
+from tests.conftest import API_KEY, OTHER_KEY, wait_for
 from tests.faults.stack import items
 from tests.webhook_receiver import Receiver
 
@@ -50,15 +50,6 @@ RETRY_PATHS = {
 
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 class HeldAnswer(list):

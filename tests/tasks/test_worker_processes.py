@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from celery import Celery
 from payouts_core.settings import Settings
 from payouts_devstack import Stack, StackError
 from payouts_tasks.worker_processes import child_env, child_hostnames, split_hostname
+from tests.conftest import wait_for
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -32,14 +31,6 @@ def pids_by_hostname(stack: Stack, hostnames: list[str]) -> dict[str, int]:
     finally:
         control.close()
     return {name: stats["pid"] for name, stats in replies.items()}
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-    return result
 
 
 def parent_of(pid: int) -> int:
