@@ -5,8 +5,9 @@ Celery's `chord.apply_async` clones, freezes and serialises one signature per he
 only in their task id, their item index (args, argsrepr) and their `group_index`. So Celery builds
 the first message itself (the chord body frozen as `chord.run` freezes it, the header task sent
 as `group._apply_tasks` sends it, through a recorder instead of the broker), and every other
-message is that one with those fields changed, published through kombu's own `Producer.publish`
-in kombu 5.7's pipelined publish batches (one Redis round trip per `BATCH_SIZE` messages).
+message is that one with those fields changed, published through kombu's own `Producer.publish`:
+on Redis in kombu 5.7's pipelined publish batches (one round trip per `BATCH_SIZE` messages), on
+RabbitMQ with the publisher confirms of the whole chord awaited together (`PublisherConfirms`).
 
 `tests/tasks/test_chord_messages.py` proves the messages and the chord counter equal, field by
 field, to what `chord.apply_async` sends on the pinned Celery version (setup.cfg pins the minor
