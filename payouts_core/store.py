@@ -10,7 +10,8 @@ safe="")`), so no id, whatever characters it holds (`:` included), can make two 
 a key: `payouts:batch:{client}:{batch_id}` always has exactly one `:` between its parts.
 
 Keys ({c} = encoded client, {b} = encoded batch_id, {e} = encoded external_id)
-- `payouts:batch:{c}:{b}`             hash: fingerprint, state, counters, timestamps
+- `payouts:batch:{c}:{b}`             hash: fingerprint, state, counters, timestamps, the
+                                       publisher that opened it and whether it is published
 - `payouts:batch:{c}:{b}:items`       hash: index -> public item JSON (masked key, status, ...)
 - `payouts:batch:{c}:{b}:orders`      hash: index -> what settle needs (full pix_key until the
                                        item is final, then only the terms digest); never shown
@@ -217,6 +218,7 @@ class PayoutStore:
         self._discard = client.register_script(_lua("discard_batch.lua"))
         self._existing = client.register_script(_lua("existing_batch.lua"))
         self._held_claims = client.register_script(_lua("conflicting_claims.lua"))
+        self._open = client.register_script(_lua("open_batch.lua"))
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -314,27 +316,25 @@ class PayoutStore:
         return [(o.index, held[o.external_id][1]) for o in orders
                 if o.external_id in held and held[o.external_id][0] != o.terms]
 
-    def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> bool:
-        """True when the batch is still `accepting` and its publisher's lease has expired."""
+    def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> str | None:
+        """A new lease token when the batch is still `accepting` and its publisher's lease has
+        expired; None otherwise."""
         batch_key, _, _, lease_key = batch_keys(ref)
-        return bool(self._take_over(keys=[batch_key, lease_key],
-                                    args=[publish_lease_s, uuid.uuid4().hex]))
+        token = uuid.uuid4().hex
+        taken = self._take_over(keys=[batch_key, lease_key], args=[publish_lease_s, token])
+        return token if taken else None
 
-    def open_batch(self, ref: BatchRef) -> None:
-        """The batch is durably accepted and its chord is (being) published: settle may start."""
+    def open_batch(self, ref: BatchRef, publisher: str) -> bool:
+        """Open the batch (settle may start) for the publisher holding its lease: True means this
+        publisher publishes its chord. False for a batch published, gone, or taken over by
+        another publisher (`open_batch.lua`): one chord per batch."""
         batch_key, _, _, lease_key = batch_keys(ref)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(batch_key, mapping={"state": "processing",
-                                          "progress_ms": int(time.time() * 1000)})
-            pipe.delete(lease_key)
-            pipe.execute()
+        return bool(self._open(keys=[batch_key, lease_key],
+                               args=[publisher, int(time.time() * 1000)]))
 
     def mark_published(self, ref: BatchRef) -> None:
         """Every message of the batch's chord is in the broker (a redelivered publish skips it)."""
         self.client.hset(batch_keys(ref)[0], "published", 1)
-
-    def is_published(self, ref: BatchRef) -> bool:
-        return self.client.hget(batch_keys(ref)[0], "published") is not None
 
     def discard_batch(self, ref: BatchRef, lease_token: str) -> bool:
         """Remove a batch whose chord could not be published, if we still hold its lease."""

@@ -47,20 +47,20 @@ def publish_batch(ref: BatchRef, total: int) -> str:
 
 
 @app.task(bind=True, name="payouts.publish", max_retries=None, ignore_result=True)
-def publish(self, client: str, batch_id: str, total: int) -> str:
+def publish(self, client: str, batch_id: str, total: int, lease: str = "") -> str:
     """Publish an accepted batch's chord, off the request path.
 
     The API answers 202 once the batch is durably written and this one small message is in the
     broker; publishing 10,000 chord messages took 7.4 s inside the request. The batch is opened
     first, so items settle as their messages arrive. A redelivery after a crash mid-publish
-    publishes the chord again (settle is idempotent per item); a publish that found the batch
-    already published (a replay or the sweeper took it over) does nothing.
+    publishes the chord again (settle is idempotent per item); a publish whose lease a replay or
+    the sweeper took over (its message outlived the lease), or that finds the batch published,
+    does nothing: one chord per batch.
     """
     store = get_store()
     ref = BatchRef(client, batch_id)
-    if store.batch_state(ref) is None or store.is_published(ref):
+    if not store.open_batch(ref, lease):
         return "skipped"
-    store.open_batch(ref)
     try:
         publish_batch(ref, total)
     except OperationalError as exc:  # the broker went away mid-publish: publish again later
@@ -87,7 +87,7 @@ def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
     created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
     if created:
         try:
-            request_publishing(ref, len(orders))
+            request_publishing(ref, len(orders), lease)
         except Exception:
             log.exception("publishing batch failed; discarding it",
                           extra={"client": ref.client, "batch_id": ref.batch_id})
@@ -100,9 +100,9 @@ def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
     return False
 
 
-def request_publishing(ref: BatchRef, total: int) -> None:
-    """One message: the publish task builds the chord."""
-    publish.apply_async((ref.client, ref.batch_id, total))
+def request_publishing(ref: BatchRef, total: int, lease: str) -> None:
+    """One message: the publish task builds the chord, as the holder of the publishing lease."""
+    publish.apply_async((ref.client, ref.batch_id, total, lease))
 
 
 def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:
@@ -110,13 +110,14 @@ def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:
     publish message was lost).
 
     Settle is idempotent per item, so messages the first publisher had already sent cannot pay
-    twice. On failure the batch stays `accepting`; the next replay or sweep tries again.
+    twice, and the first publisher's late message finds its lease taken and publishes nothing. If
+    publishing fails after the batch is opened, the sweeper re-drives its idle items.
     """
-    if not store.take_over_publishing(ref):
+    lease = store.take_over_publishing(ref)
+    if lease is None or not store.open_batch(ref, lease):
         return False
     log.warning("batch was left unopened; publishing it again",
                 extra={"client": ref.client, "batch_id": ref.batch_id})
     publish_batch(ref, total)
-    store.open_batch(ref)
     store.mark_published(ref)
     return True

@@ -150,7 +150,7 @@ def test_broker_failure_while_publishing_leaves_no_half_batch(client, redis_clie
 
     import payouts_tasks.batches as batches
 
-    def broken_publish(batch_id, total):
+    def broken_publish(batch_id, total, lease):
         raise OperationalError("broker connection refused")
 
     monkeypatch.setattr(batches, "request_publishing", broken_publish)

@@ -120,8 +120,8 @@ def items_batch(store, tenant: str, batch_id: str, statuses: list[str]) -> Batch
     ref = BatchRef(tenant, batch_id)
     orders = [Order(i, f"{tenant}-{batch_id}-{i}", "u", 100 + i, "a@b.com", "a***@b.com")
               for i in range(len(statuses))]
-    store.create_batch(ref, fingerprint({"b": batch_id}), orders)
-    store.open_batch(ref)
+    store.create_batch(ref, fingerprint({"b": batch_id}), orders, lease_token="t")
+    store.open_batch(ref, "t")
     for i, status in enumerate(statuses):
         if status == "failed":
             store.record_failed(ref, i, "AC03", "invalid account")

@@ -31,8 +31,8 @@ def settle_directly(store, ledger, batch_id: str, external_ids: list[str], clien
     """A batch settled by calling the store and provider as the settle task does."""
     ref = BatchRef(client, batch_id)
     orders = [Order(i, e, "u", amount, "a@b.com", "a***@b.com") for i, e in enumerate(external_ids)]
-    store.create_batch(ref, fingerprint({"b": batch_id, "a": amount}), orders)
-    store.open_batch(ref)
+    store.create_batch(ref, fingerprint({"b": batch_id, "a": amount}), orders, lease_token="t")
+    store.open_batch(ref, "t")
     for i in range(len(orders)):
         decision = store.begin_settlement(ref, i, 6)
         if decision.action == "settle":

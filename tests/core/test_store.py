@@ -45,8 +45,9 @@ def order(i: int, external_id: str, amount: int = 100, pix_key: str = "a@b.com")
 
 def open_batch(store, batch: BatchRef, external_ids: list[str], amount: int = 100) -> None:
     orders = [order(i, e, amount) for i, e in enumerate(external_ids)]
-    assert store.create_batch(batch, fingerprint({"b": batch.batch_id, "a": amount}), orders)[0]
-    store.open_batch(batch)
+    assert store.create_batch(batch, fingerprint({"b": batch.batch_id, "a": amount}), orders,
+                              lease_token="t")[0]
+    assert store.open_batch(batch, "t")
 
 
 def counters(store, batch: BatchRef) -> tuple:
@@ -220,6 +221,22 @@ def test_a_failed_publisher_discards_its_batch_only_while_it_holds_the_lease(sto
     assert store.take_over_publishing(taken)  # ... and the sweeper took the batch over
     assert not store.discard_batch(taken, "token-a")
     assert store.report(taken) is not None
+
+
+def test_only_the_lease_holder_opens_a_batch_and_only_once_published(store, uid):
+    """A publish message that outlived its lease while the sweeper took the batch over must not
+    publish a second chord; the taker's own redelivery may publish again until it is marked."""
+    batch = ref(f"lease-{uid}")
+    store.create_batch(batch, "fp", [order(0, f"l-{uid}")], lease_token="api")
+
+    assert not store.open_batch(batch, "someone-else")  # the lease is held
+    assert store.batch_state(batch) == "accepting"
+    assert store.open_batch(batch, "api")
+    assert store.open_batch(batch, "api")  # its redelivery after a crash mid-publish
+    assert not store.open_batch(batch, "sweeper")  # opened by another publisher
+    store.mark_published(batch)
+    assert not store.open_batch(batch, "api")  # published: nobody publishes it again
+    assert not store.open_batch(ref(f"unknown-{uid}"), "api")
 
 
 def test_a_new_batch_never_writes_into_keys_that_exist(store, redis_client, uid):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import payouts_tasks.batches as batches
-from payouts_core.store import BatchRef, ExternalIdReused, Order, fingerprint
+from payouts_core.store import BatchRef, ExternalIdReused, Order, batch_keys, fingerprint
 
 
 def orders(uid: str, amount: int = 100) -> list[Order]:
@@ -16,7 +16,8 @@ def orders(uid: str, amount: int = 100) -> list[Order]:
 def published(monkeypatch):
     """What accept_batch asks to publish, recorded instead of sent to the broker."""
     calls = []
-    monkeypatch.setattr(batches, "request_publishing", lambda ref, total: calls.append((ref, total)))
+    monkeypatch.setattr(batches, "request_publishing",
+                        lambda ref, total, lease: calls.append((ref, total, lease)))
     return calls
 
 
@@ -34,8 +35,9 @@ def test_a_new_batch_asks_for_publishing_once_and_stays_accepting_until_then(sto
     assert batches.accept_batch(store, ref, fingerprint({"b": uid}), orders(uid))
     assert not batches.accept_batch(store, ref, fingerprint({"b": uid}), orders(uid))  # replay
 
-    assert published == [(ref, 3)]
-    assert store.batch_state(ref) == "accepting" and not store.is_published(ref)
+    [(asked, total, _lease)] = published
+    assert (asked, total) == (ref, 3)
+    assert store.batch_state(ref) == "accepting"
 
 
 def test_the_publish_task_opens_publishes_and_marks_once(store, published, monkeypatch, uid):
@@ -43,18 +45,37 @@ def test_the_publish_task_opens_publishes_and_marks_once(store, published, monke
     monkeypatch.setattr(batches, "publish_batch", lambda ref, total: chords.append((ref, total)))
     ref = BatchRef("batches-tests", f"pub-{uid}")
     batches.accept_batch(store, ref, fingerprint({"p": uid}), orders(uid))
+    [(_, _, lease)] = published
 
-    assert batches.publish.run(ref.client, ref.batch_id, 3) == "published"
-    assert batches.publish.run(ref.client, ref.batch_id, 3) == "skipped"  # a redelivery
+    assert batches.publish.run(ref.client, ref.batch_id, 3, "not-the-lease") == "skipped"
+    assert batches.publish.run(ref.client, ref.batch_id, 3, lease) == "published"
+    assert batches.publish.run(ref.client, ref.batch_id, 3, lease) == "skipped"  # a redelivery
 
     assert chords == [(ref, 3)]
-    assert store.batch_state(ref) == "processing" and store.is_published(ref)
+    assert store.batch_state(ref) == "processing"
+
+
+def test_a_publish_message_that_outlived_its_lease_publishes_nothing(store, published, monkeypatch,
+                                                                      redis_client, uid):
+    """The API's publish message waited past the 60 s lease (a long queue); a replay took the
+    batch over and published it. The late message must not publish a second chord."""
+    chords = []
+    monkeypatch.setattr(batches, "publish_batch", lambda ref, total: chords.append((ref, total)))
+    ref = BatchRef("batches-tests", f"late-{uid}")
+    batches.accept_batch(store, ref, fingerprint({"l": uid}), orders(uid))
+    [(_, _, lease)] = published
+    redis_client.delete(batch_keys(ref)[3])  # the lease expired
+
+    assert batches.publish_if_abandoned(store, ref, 3)  # the replay or the sweeper takes over
+    assert batches.publish.run(ref.client, ref.batch_id, 3, lease) == "skipped"  # the late one
+
+    assert chords == [(ref, 3)]  # one chord
 
 
 def test_reusing_held_external_ids_with_other_terms_writes_nothing(store, published, uid):
     client = "batches-tests"
     batches.accept_batch(store, BatchRef(client, f"a-{uid}"), fingerprint({"a": uid}), orders(uid))
-    store.open_batch(BatchRef(client, f"a-{uid}"))  # as the publish task does
+    store.open_batch(BatchRef(client, f"a-{uid}"), published[0][2])  # as the publish task does
     store.begin_settlement(BatchRef(client, f"a-{uid}"), 0, 6)  # e0 is now in flight
 
     with pytest.raises(ExternalIdReused) as refused:

@@ -17,8 +17,8 @@ CLIENT = "settle-tests"
 def open_batch(store, batch_id: str, pix_key: str, external_id: str) -> BatchRef:
     ref = BatchRef(CLIENT, batch_id)
     store.create_batch(ref, fingerprint({"b": batch_id}),
-                       [Order(0, external_id, "u", 100, pix_key, "x***")])
-    store.open_batch(ref)
+                       [Order(0, external_id, "u", 100, pix_key, "x***")], lease_token="t")
+    store.open_batch(ref, "t")
     return ref
 
 

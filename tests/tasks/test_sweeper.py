@@ -9,8 +9,9 @@ from payouts_tasks.sweeper import sweep
 def final_but_not_completed(store, ref: BatchRef, external_id: str) -> None:
     """A batch whose items are all final but whose chord callback was lost."""
     store.create_batch(ref, fingerprint({"b": ref.batch_id}), [Order(0, external_id, "u", 100,
-                                                                     "a@b.com", "a***@b.com")])
-    store.open_batch(ref)
+                                                                     "a@b.com", "a***@b.com")],
+                       lease_token="t")
+    store.open_batch(ref, "t")
     store.begin_settlement(ref, 0, 6)
     store.record_failed(ref, 0, "AC03", "invalid account")
     store.client.hset(batch_keys(ref)[0], "progress_ms", 0)  # idle for ages
