@@ -62,6 +62,7 @@ ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
 STATS = PREFIX + "stats"
 SWEEP_LOCK = PREFIX + "sweeper:lock"
+CLAIM_CHECK_CHUNK = 1000
 
 
 def _lua(*names: str) -> str:
@@ -310,9 +311,16 @@ class PayoutStore:
         same rule atomically for a batch that races past it.
         """
         unique = list(dict.fromkeys(o.external_id for o in orders))
-        held = {unique[position - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}")
-                for position, terms, batch_id, index in self._held_claims(
-                    keys=[claim_key(client, external_id) for external_id in unique])}
+        # Scripts of CLAIM_CHECK_CHUNK keys in one pipelined round trip: one script over 10,000
+        # keys held Redis for ~10 ms, during which every other client's command waited.
+        with self.client.pipeline(transaction=False) as pipe:
+            for first in range(0, len(unique), CLAIM_CHECK_CHUNK):
+                chunk = unique[first:first + CLAIM_CHECK_CHUNK]
+                self._held_claims(keys=[claim_key(client, e) for e in chunk], args=[first],
+                                  client=pipe)
+            replies = pipe.execute()
+        held = {unique[int(position) - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}")
+                for reply in replies for position, terms, batch_id, index in reply}
         return [(o.index, held[o.external_id][1]) for o in orders
                 if o.external_id in held and held[o.external_id][0] != o.terms]
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from payouts_core.rules import idempotency_key, parse_idempotency_key
 from payouts_core.store import (
     ALL_BATCHES,
+    CLAIM_CHECK_CHUNK,
     OPEN_BATCHES,
     STATS,
     SWEEP_LOCK,
@@ -137,6 +138,19 @@ def test_a_whole_batch_is_checked_against_held_claims_in_one_call(store, uid):
         (1, f"batch held-{uid} item 0"), (2, f"batch held-{uid} item 1"),
         (5, f"batch held-{uid} item 1")]
     assert store.conflicting_claims("other-client", batch) == []
+
+
+def test_the_held_claims_check_covers_every_chunk_of_a_large_batch(store, uid):
+    """Ids are checked CLAIM_CHECK_CHUNK at a time: a conflict in any chunk, at its edges too,
+    is found at its own position."""
+    edges = [0, CLAIM_CHECK_CHUNK - 1, CLAIM_CHECK_CHUNK, 2 * CLAIM_CHECK_CHUNK + 1]
+    open_batch(store, ref(f"big-held-{uid}"), [f"big-{uid}-{i}" for i in edges])
+    for index in range(len(edges)):
+        begin(store, ref(f"big-held-{uid}"), index)
+    batch = [order(i, f"big-{uid}-{i}", 7) for i in range(2 * CLAIM_CHECK_CHUNK + 5)]
+
+    assert store.conflicting_claims("t", batch) == [
+        (i, f"batch big-held-{uid} item {n}") for n, i in enumerate(edges)]
 
 
 def test_attempts_used_up_turn_into_lookups(store, uid):
