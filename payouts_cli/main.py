@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from payouts_cli.ledger_commands import archiver, db
 from payouts_cli.local_redis import redact_url
 from payouts_core.report import summary_line
 
@@ -372,10 +373,6 @@ def reconcile(batch_id: str | None, as_json: bool, client: str | None) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    cli()
-
-
 @cli.group()
 def webhooks() -> None:
     """Your webhook endpoints (events such as batch.completed are POSTed to them, signed)."""
@@ -420,3 +417,9 @@ def webhooks_delete(ctx: click.Context, endpoint_id: str) -> None:
     if response.status_code >= 400:
         raise ApiError(response)
     click.echo(f"deleted {endpoint_id}")
+
+cli.add_command(db)
+cli.add_command(archiver)
+
+if __name__ == "__main__":
+    cli()

@@ -170,6 +170,7 @@ class Settings:
     webhook_backoff_max_s: float
     webhook_retry_window_s: int
     webhook_rotation_grace_s: int
+    ledger: LedgerSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -273,9 +274,38 @@ class Settings:
             webhook_backoff_max_s=_float(env, "PAYOUTS_WEBHOOK_BACKOFF_MAX_S", 3600.0, 0.0, 86400.0),
             webhook_retry_window_s=_int(env, "PAYOUTS_WEBHOOK_RETRY_WINDOW_S", 86400, minimum=1),
             webhook_rotation_grace_s=_int(env, "PAYOUTS_WEBHOOK_ROTATION_GRACE_S", 86400),
+            ledger=LedgerSettings.from_env(env, environment),
         )
         refuse_unsafe(settings)
         return settings
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    """The durable ledger (SPEC §10): where it is, how long Redis keeps what it holds."""
+
+    database_url: str
+    retention_s: int
+    outbox_max: int
+    archiver_metrics_port: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], environment: str) -> LedgerSettings:
+        url = env.get("DATABASE_URL") or ""
+        if not url:
+            if environment not in RELAXED_ENVIRONMENTS:
+                raise SettingsError("DATABASE_URL is required with PAYOUTS_ENV=production: the "
+                                    "ledger (PostgreSQL) is the system of record")
+            url = "postgresql://postgres@127.0.0.1:5432/payouts"
+        return cls(
+            database_url=url,
+            # How long a completed batch stays in Redis (and only once the ledger holds all of it).
+            retention_s=_int(env, "PAYOUTS_RETENTION_S", 7 * 86400, minimum=0),
+            # Events not yet archived, past which new batches are refused (503): the ledger being
+            # down delays the archive and never settlement, and the backlog stays bounded.
+            outbox_max=_int(env, "PAYOUTS_OUTBOX_MAX", 1_000_000, minimum=1000),
+            archiver_metrics_port=_int(env, "PAYOUTS_ARCHIVER_METRICS_PORT", 9809),
+        )
 
 
 def refuse_unsafe(settings: Settings) -> None:

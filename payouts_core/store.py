@@ -62,6 +62,9 @@ ALL_BATCHES = PREFIX + "batches"
 OPEN_BATCHES = PREFIX + "batches:open"
 STATS = PREFIX + "stats"
 SWEEP_LOCK = PREFIX + "sweeper:lock"
+# Every state change's event, until the archiver has it in the ledger (payouts_core/ledger).
+OUTBOX = PREFIX + "outbox"
+BATCH_PREFIX = PREFIX + "batch:"
 CLAIM_CHECK_CHUNK = 1000
 
 
@@ -70,7 +73,8 @@ def _lua(*names: str) -> str:
     text = "".join(files("payouts_core").joinpath("lua", name).read_text() for name in names)
     counter = "{" + ", ".join(f"{status.value}='{name}'" for status, name in COUNTER.items()) + "}"
     return (text.replace("$COUNTER", counter).replace("$STATS", STATS)
-            .replace("$REUSED", EXTERNAL_ID_REUSED))
+            .replace("$REUSED", EXTERNAL_ID_REUSED).replace("$OUTBOX", OUTBOX)
+            .replace("$BATCH_PREFIX_LEN", str(len(BATCH_PREFIX))))
 
 
 class BatchConflict(Exception):
@@ -180,7 +184,7 @@ _encoded_client = lru_cache(maxsize=1024)(encode_id)
 
 def batch_keys(ref: BatchRef) -> tuple[str, str, str, str]:
     """The batch hash, its items, its orders and its publishing lease."""
-    base = f"{PREFIX}batch:{ref.member}"
+    base = BATCH_PREFIX + ref.member
     return base, base + ":items", base + ":orders", base + ":publisher"
 
 
@@ -212,14 +216,15 @@ class PayoutStore:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._begin = client.register_script(_lua("common.lua", "begin_settlement.lua"))
-        self._record = client.register_script(_lua("common.lua", "record_outcome.lua"))
-        self._complete = client.register_script(_lua("complete_batch.lua"))
+        self._begin = client.register_script(_lua("events.lua", "common.lua", "begin_settlement.lua"))
+        self._record = client.register_script(_lua("events.lua", "common.lua", "record_outcome.lua"))
+        self._complete = client.register_script(_lua("events.lua", "complete_batch.lua"))
         self._take_over = client.register_script(_lua("take_over_publishing.lua"))
-        self._discard = client.register_script(_lua("discard_batch.lua"))
+        self._discard = client.register_script(_lua("events.lua", "discard_batch.lua"))
+        self._note = client.register_script(_lua("events.lua", "note_event.lua"))
         self._existing = client.register_script(_lua("existing_batch.lua"))
         self._held_claims = client.register_script(_lua("conflicting_claims.lua"))
-        self._open = client.register_script(_lua("open_batch.lua"))
+        self._open = client.register_script(_lua("events.lua", "open_batch.lua"))
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -288,10 +293,17 @@ class PayoutStore:
                         "completed_at": "",
                         "submitted_by": ref.client,
                         "progress_ms": int(time.time() * 1000),
+                        "events": 1,  # batch.accepted, below: the batch's event sequence
                     })
                     pipe.hset(items_key, mapping=items)
                     pipe.hset(orders_key, mapping=private)
                     pipe.set(lease_key, lease_token or uuid.uuid4().hex, ex=publish_lease_s)
+                    # The items' own `accepted` events are this one: the archiver reads the
+                    # items (written in this same transaction) when it archives it.
+                    pipe.xadd(OUTBOX, {"e": orjson.dumps({
+                        "m": ref.member, "i": -1, "t": "batch.accepted", "s": 1,
+                        "at": int(created.timestamp() * 1000),
+                        "d": {"fingerprint": payload_fingerprint, "total": len(orders)}})})
                     pipe.zadd(ALL_BATCHES, {ref.member: time.time()})
                     pipe.sadd(OPEN_BATCHES, ref.member)
                     pipe.zadd(client_batches_key(ref.client),
@@ -368,16 +380,29 @@ class PayoutStore:
             return Decision(action, waiting_on=f"{reply[1]}#{reply[2]}")
         return Decision(action)
 
-    def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int) -> str:
-        return self._record_outcome(ref, index, "paid", e2e_id, str(claim_generation))
+    def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int,
+                    event: dict | None = None) -> str:
+        """`event`: what the ledger's `paid` event adds (e.g. the call's duration_ms, via)."""
+        return self._record_outcome(ref, index, "paid", e2e_id, str(claim_generation), event)
 
-    def record_failed(self, ref: BatchRef, index: int, code: str, reason: str) -> str:
-        return self._record_outcome(ref, index, "failed", code, reason)
+    def record_failed(self, ref: BatchRef, index: int, code: str, reason: str,
+                      event: dict | None = None) -> str:
+        return self._record_outcome(ref, index, "failed", code, reason, event)
 
-    def _record_outcome(self, ref: BatchRef, index: int, outcome: str, *details: str) -> str:
+    def _record_outcome(self, ref: BatchRef, index: int, outcome: str, first: str, second: str,
+                        event: dict | None) -> str:
         reply = self._record(keys=batch_keys(ref)[:3],
-                             args=[index, ref.batch_id, outcome, utcnow(), *details])
+                             args=[index, ref.batch_id, outcome, utcnow(), first, second,
+                                   orjson.dumps(event or {})])
         return _s(reply[0])
+
+    def note_event(self, ref: BatchRef, index: int, event_type: str, attempt: int | None = None,
+                   code: str | None = None, detail: dict | None = None) -> bool:
+        """Record an event that changes no state (a provider error before its retry, a lookup's
+        answer, a webhook delivered) in the batch's sequence; False for a batch that is gone."""
+        return bool(self._note(keys=[batch_keys(ref)[0]],
+                               args=[index, event_type, "" if attempt is None else attempt,
+                                     code or "", orjson.dumps(detail or {})]))
 
     def complete_batch(self, ref: BatchRef) -> tuple[str, ...]:
         """Mark the batch completed (idempotent); ('incomplete', processed, total) otherwise."""

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
@@ -40,12 +40,23 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _preexec(then: Callable[[], None] | None) -> Callable[[], None]:
+    """Die with the parent, then `then` (e.g. drop root for PostgreSQL)."""
+    if then is None:
+        return _die_with_parent
+
+    def both() -> None:
+        _die_with_parent()
+        then()
+    return both
+
+
 class Process(subprocess.Popen):
     """A child in its own session, so a stop reaches its whole group (gunicorn's workers, prefork's
     pool children) and a Ctrl-C at the terminal does not; its output goes to `log_path`."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str],
-                 hostname: str = ""):
+                 hostname: str = "", preexec: Callable[[], None] | None = None):
         self.name = name
         self.log_path = log_path
         self.hostname = hostname  # a Celery worker's node name, to ping it
@@ -54,7 +65,7 @@ class Process(subprocess.Popen):
         with open(log_path, "ab") as log:
             super().__init__(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True,
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=_preexec(preexec))
 
     def signal_group(self, sig: int) -> None:
         with suppress(ProcessLookupError, PermissionError):

@@ -20,6 +20,7 @@ from payouts_core.settings import Settings
 from payouts_devstack.process import Process, StackError, process_env
 from payouts_devstack.procfile import procfile_command
 from payouts_devstack.rabbitmq import RabbitNode, Vhost
+from payouts_devstack.postgres_server import database_url, start_postgres
 from payouts_devstack.redis_server import free_port, start_redis
 from payouts_tasks.worker_processes import child_hostnames
 
@@ -41,6 +42,7 @@ class Stack:
         self.env = process_env(os.environ if env is None else env)
         self.processes: list[Process] = []
         self.redis: Process | None = None
+        self.postgres: Process | None = None
         self.redis_url = self.env.get("REDIS_URL", "")
         self.api_url = ""
         self.vhost: Vhost | None = None
@@ -67,6 +69,30 @@ class Stack:
         """The stopped Redis again, on its port and with its data."""
         self.redis = start_redis(urlsplit(self.redis_url).port, self.workdir / "redis")
         return self.redis
+
+    # -- PostgreSQL (the ledger) ------------------------------------------------------------
+
+    def start_postgres(self, port: int | None = None) -> Process:
+        """A private PostgreSQL, migrated, that every process started afterwards uses as ledger."""
+        from payouts_core.ledger.schema import upgrade  # noqa: PLC0415
+
+        port = port or free_port()
+        self.postgres = start_postgres(port, self.workdir / "postgres")
+        self.env["DATABASE_URL"] = database_url(port)
+        upgrade(self.env["DATABASE_URL"])
+        return self.postgres
+
+    def stop_postgres(self, grace: float = 20.0) -> None:
+        self.postgres.stop(grace)
+
+    def start_postgres_again(self) -> Process:
+        """The stopped PostgreSQL again, on its port and with its data."""
+        self.postgres = start_postgres(urlsplit(self.env["DATABASE_URL"]).port, self.workdir / "postgres")
+        return self.postgres
+
+    def start_archiver(self, env: Mapping[str, str] | None = None) -> Process:
+        """The Procfile's archiver (metrics port off unless `env` sets one)."""
+        return self.start("archiver", env={"PAYOUTS_ARCHIVER_METRICS_PORT": "0", **(env or {})})
 
     # -- RabbitMQ --------------------------------------------------------------------------
 
@@ -198,6 +224,8 @@ class Stack:
             if self.rabbit_node is not None:
                 self.rabbit_node.delete()
                 self.rabbit_node = None
+            if self.postgres is not None:
+                self.postgres.stop(grace)
             if self.redis is not None:
                 self.redis.stop(grace)
 

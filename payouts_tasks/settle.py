@@ -72,16 +72,22 @@ def settle(self, client: str, batch_id: str, index: int, waiting_since: float | 
                                           amount_cents=order["amount_cents"], pix_key=order["pix_key"])
         except PermanentProviderError as exc:
             PROVIDER_SECONDS.labels("rejected").observe(time.monotonic() - call_started)
-            outcome = store.record_failed(ref, index, exc.code, exc.reason)
+            outcome = store.record_failed(ref, index, exc.code, exc.reason,
+                                          {"duration_ms": _ms_since(call_started)})
             context["failure_code"] = exc.code
         except TransientProviderError as exc:
             PROVIDER_SECONDS.labels("transient").observe(time.monotonic() - call_started)
             context["failure_code"] = exc.code
+            error = {"duration_ms": _ms_since(call_started), "reason": exc.reason}
             if decision.attempts >= max_attempts:
+                store.note_event(ref, index, "provider_error", decision.attempts, exc.code,
+                                 {**error, "next": "lookup"})
                 # Out of attempts: the last call's outcome is unknown, so ask before failing it.
                 return _settle_from_lookup(self, ref, index, decision, context, started, exc.code,
                                            f"{exc.reason} (gave up after {decision.attempts} attempts)")
             delay = backoff_seconds(decision.attempts)
+            store.note_event(ref, index, "provider_error", decision.attempts, exc.code,
+                             {**error, "next": "retry", "retry_in_s": round(delay, 3)})
             if not _can_retry_in_task(started, delay):
                 SETTLE_RETRIES.labels("transient").inc()
                 log.info("settle retry", extra={**context, "outcome": "retry"})
@@ -100,8 +106,13 @@ def settle(self, client: str, batch_id: str, index: int, waiting_since: float | 
         else:
             PROVIDER_SECONDS.labels("settled").observe(time.monotonic() - call_started)
             crash_after_pay(order["external_id"])
-            outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation)
+            outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation,
+                                        {"duration_ms": _ms_since(call_started)})
         return _done(outcome, context, started)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def _can_retry_in_task(started: float, delay: float) -> bool:
@@ -145,15 +156,18 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
     since_call_s = time.time() - decision.called_ms / 1000
     verdict = lookup_verdict(transfer, since_call_s, provider.final_deadline_s)
     store = get_store()
+    found = {"via": "lookup", "transfer": transfer.status if transfer else None}
     if verdict == Verdict.PAID:
-        outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation)
+        outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation, found)
     elif verdict == Verdict.FAILED and transfer is not None:  # rejected: the provider's reason
         outcome = store.record_failed(ref, index, transfer.failure_code or code,
-                                      transfer.failure_reason or reason)
+                                      transfer.failure_reason or reason, found)
     elif verdict == Verdict.FAILED:
         outcome = store.record_failed(ref, index, code, f"{reason}; no transfer exists "
-                                      f"{provider.final_deadline_s:g} s after the last call")
+                                      f"{provider.final_deadline_s:g} s after the last call", found)
     else:
+        store.note_event(ref, index, "lookup", decision.attempts, code,
+                         {**found, "verdict": "unknown", "since_call_s": round(since_call_s, 1)})
         SETTLE_RETRIES.labels("unknown").inc()
         log.warning("settle outcome unknown; asking the provider again",
                     extra={**context, "outcome": "unknown"})

@@ -19,6 +19,7 @@ import redis
 from flask.testing import FlaskClient
 
 from payouts_devstack import Process, Stack, free_port, start_redis
+from payouts_devstack.postgres_server import database_url, start_postgres
 
 TEST_ENV = {
     "PIX_SIM_LATENCY_MS": "0-20",
@@ -63,14 +64,22 @@ class KeyedClient(FlaskClient):
         return super().open(*args, **kwargs)
 
 _redis_proc: Process | None = None
+_postgres_proc: Process | None = None
 
 
 def pytest_configure(config):
-    global _redis_proc
+    global _redis_proc, _postgres_proc
     data_dir = Path(tempfile.mkdtemp(prefix="payouts-test-redis-"))
     port = free_port()
     _redis_proc = start_redis(port, data_dir)
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    # The ledger: a PostgreSQL server of the session's own, migrated to this code's schema.
+    pg_port = free_port()
+    _postgres_proc = start_postgres(pg_port, Path(tempfile.mkdtemp(prefix="payouts-test-pg-")))
+    os.environ["DATABASE_URL"] = database_url(pg_port)
+    from payouts_core.ledger.schema import upgrade
+
+    upgrade(os.environ["DATABASE_URL"])
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PAYOUTS_STORE_URL",
                  "RATELIMIT_STORAGE_URI"):
         os.environ.pop(name, None)
@@ -78,6 +87,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    if _postgres_proc is not None:
+        _postgres_proc.stop(grace=10)
     if _redis_proc is not None:
         _redis_proc.stop(grace=10)
 
@@ -93,6 +104,12 @@ def redis_client(redis_server):
     client = redis.Redis.from_url(redis_server, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def ledger_url() -> str:
+    """URL of the ledger database this test session started."""
+    return os.environ["DATABASE_URL"]
 
 
 @pytest.fixture

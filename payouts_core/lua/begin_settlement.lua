@@ -28,7 +28,7 @@ if order.wait_for then
     else
       item.duplicate_of = prior.duplicate_of
     end
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
+    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
     return {'duplicate'}
   end
 end
@@ -41,7 +41,8 @@ local where = 'batch ' .. tostring(c[2]) .. ' item ' .. tostring(c[3])
 if c[1] == 'paid' then
   if mine then
     item.e2e_id = c[5]
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'paid')
+    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'paid', {claim_generation = tonumber(c[4]),
+                                                           found = 'claim'})
     return {'final', 'paid'}
   end
   if c[6] ~= order.terms then
@@ -49,7 +50,7 @@ if c[1] == 'paid' then
     return {'reused'}
   end
   item.duplicate_of = {batch_id=c[2], index=tonumber(c[3]), e2e_id=c[5]}
-  finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate')
+  finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
   return {'duplicate'}
 end
 if c[1] == 'inflight' and not mine then
@@ -74,6 +75,9 @@ if attempts >= tonumber(ARGV[5]) then
 end
 item.status = 'processing'
 item.attempts = attempts + 1
-redis.call('HSET', KEYS[2], idx, cjson.encode(item))
+local item_json = cjson.encode(item)
+redis.call('HSET', KEYS[2], idx, item_json)
+record_event(KEYS[1], tonumber(idx), 'provider_call', item.attempts, nil, {claim_generation = gen},
+             item_json)
 redis.call('HSET', claim_key, 'called_ms', ARGV[4])
 return {'settle', tostring(gen), order_raw, tostring(item.attempts), ARGV[4]}

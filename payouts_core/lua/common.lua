@@ -1,16 +1,15 @@
 -- Shared by begin_settlement and record_outcome: move an item to a final status and bump the
 -- counters together. A final item no longer needs the full PIX key: its order keeps only what
--- reconciliation reads. $COUNTER, $STATS and $REUSED are filled in by store.py.
+-- reconciliation reads. $COUNTER, $STATS and $REUSED are filled in by store.py;
+-- events.lua comes first (record_event, now_ms).
 local COUNTER = $COUNTER
 local FINAL = {}
 for status in pairs(COUNTER) do FINAL[status] = true end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function finish(batch_key, items_key, orders_key, idx, item, status)
+local function finish(batch_key, items_key, orders_key, idx, item, status, detail)
   item.status = status
-  redis.call('HSET', items_key, idx, cjson.encode(item))
+  local item_json = cjson.encode(item)
+  redis.call('HSET', items_key, idx, item_json)
+  record_event(batch_key, tonumber(idx), status, item.attempts, item.failure_code, detail, item_json)
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, COUNTER[status], 1)
   redis.call('HSET', batch_key, 'progress_ms', now_ms())
@@ -28,5 +27,5 @@ local function reused(batch_key, items_key, orders_key, idx, item, where)
   item.failure_code = '$REUSED'
   item.failure_reason = 'external_id is already held by ' .. where .. ' with other terms ' ..
     '(amount, PIX key or user_id); nothing was paid'
-  finish(batch_key, items_key, orders_key, idx, item, 'failed')
+  finish(batch_key, items_key, orders_key, idx, item, 'failed', {held_by = where})
 end

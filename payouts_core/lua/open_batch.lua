@@ -10,6 +10,7 @@ if state == 'accepting' then
   if holder and holder ~= ARGV[1] then return 0 end
   redis.call('HSET', KEYS[1], 'state', 'processing', 'publisher', ARGV[1], 'progress_ms', ARGV[2])
   redis.call('DEL', KEYS[2])
+  record_event(KEYS[1], -1, 'batch.published', nil, nil, {})
   return 1
 end
 if redis.call('HGET', KEYS[1], 'publisher') == ARGV[1] then return 1 end

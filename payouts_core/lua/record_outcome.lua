@@ -1,5 +1,6 @@
 -- KEYS: batch, items, orders. ARGV: index, batch_id, outcome, now, then e2e_id and claim
--- generation (paid) or failure code and reason (failed). Records the outcome once.
+-- generation (paid) or failure code and reason (failed), then the event's detail (JSON).
+-- Records the outcome once.
 local idx = ARGV[1]
 local raw = redis.call('HGET', KEYS[2], idx)
 local order_raw = redis.call('HGET', KEYS[3], idx)
@@ -35,5 +36,7 @@ else
   item.failure_code = ARGV[5]
   item.failure_reason = ARGV[6]
 end
-finish(KEYS[1], KEYS[2], KEYS[3], idx, item, outcome)
+local detail = cjson.decode(ARGV[7] or '{}')
+if outcome == 'paid' then detail.claim_generation = tonumber(ARGV[6]) end
+finish(KEYS[1], KEYS[2], KEYS[3], idx, item, outcome, detail)
 return {outcome}
