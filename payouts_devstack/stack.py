@@ -17,10 +17,10 @@ import requests
 from celery import Celery
 
 from payouts_core.settings import Settings
+from payouts_devstack.postgres_server import database_url, start_postgres
 from payouts_devstack.process import Process, StackError, process_env
 from payouts_devstack.procfile import procfile_command
 from payouts_devstack.rabbitmq import RabbitNode, Vhost
-from payouts_devstack.postgres_server import database_url, start_postgres
 from payouts_devstack.redis_server import free_port, start_redis
 from payouts_tasks.worker_processes import child_hostnames
 
