@@ -125,6 +125,21 @@ def worker(tmp_path_factory):
         yield stack.start_worker()
 
 
+@pytest.fixture(scope="session")
+def archiver(tmp_path_factory):
+    """The Procfile's archiver on the session Redis and ledger: the outbox drains into it."""
+    with Stack(tmp_path_factory.mktemp("archiver")) as stack:
+        yield stack.start_archiver()
+
+
+def ledger_rows(sql: str, *params) -> list[tuple]:
+    """Rows of the session's ledger database."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
 @pytest.fixture
 def make_app():
     """Build an app with some settings changed (`make_app(ratelimit_enabled=True)`).
