@@ -36,6 +36,8 @@ class Action(StrEnum):
     WAIT = "wait"  # another item holds the external_id, or the batch is opening
     NOT_READY = "not_ready"  # the batch is still being published
     DUPLICATE = "duplicate"  # paid elsewhere with the same terms: recorded
+    # paid with the same terms in a batch that left Redis: the ledger says where, then recorded
+    ARCHIVED_DUPLICATE = "archived_duplicate"
     REUSED = "reused"  # held elsewhere with other terms: recorded failed EXTERNAL_ID_REUSED
     FINAL = "final"  # the item was already final
     ORPHAN = "orphan"  # the batch or item does not exist

@@ -274,7 +274,7 @@ class Settings:
             webhook_backoff_max_s=_float(env, "PAYOUTS_WEBHOOK_BACKOFF_MAX_S", 3600.0, 0.0, 86400.0),
             webhook_retry_window_s=_int(env, "PAYOUTS_WEBHOOK_RETRY_WINDOW_S", 86400, minimum=1),
             webhook_rotation_grace_s=_int(env, "PAYOUTS_WEBHOOK_ROTATION_GRACE_S", 86400),
-            ledger=LedgerSettings.from_env(env, environment),
+            ledger=LedgerSettings.from_env(env),
         )
         refuse_unsafe(settings)
         return settings
@@ -290,15 +290,11 @@ class LedgerSettings:
     archiver_metrics_port: int
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], environment: str) -> LedgerSettings:
-        url = env.get("DATABASE_URL") or ""
-        if not url:
-            if environment not in RELAXED_ENVIRONMENTS:
-                raise SettingsError("DATABASE_URL is required with PAYOUTS_ENV=production: the "
-                                    "ledger (PostgreSQL) is the system of record")
-            url = "postgresql://postgres@127.0.0.1:5432/payouts"
+    def from_env(cls, env: Mapping[str, str]) -> LedgerSettings:
         return cls(
-            database_url=url,
+            # No password by default: a deployment names its own (the schema check at start
+            # refuses to run against a database that is missing or not migrated).
+            database_url=env.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/payouts",
             # How long a completed batch stays in Redis (and only once the ledger holds all of it).
             retention_s=_int(env, "PAYOUTS_RETENTION_S", 7 * 86400, minimum=0),
             # Events not yet archived, past which new batches are refused (503): the ledger being

@@ -65,6 +65,10 @@ SWEEP_LOCK = PREFIX + "sweeper:lock"
 # Every state change's event, until the archiver has it in the ledger (payouts_core/ledger).
 OUTBOX = PREFIX + "outbox"
 BATCH_PREFIX = PREFIX + "batch:"
+CLAIM_PREFIX = PREFIX + "claim:"
+ARCHIVED_CLAIMS = PREFIX + "claims:"
+COMPLETED_BATCHES = PREFIX + "batches:completed"
+RETIRE_CHUNK = 1000
 CLAIM_CHECK_CHUNK = 1000
 
 
@@ -74,7 +78,8 @@ def _lua(*names: str) -> str:
     counter = "{" + ", ".join(f"{status.value}='{name}'" for status, name in COUNTER.items()) + "}"
     return (text.replace("$COUNTER", counter).replace("$STATS", STATS)
             .replace("$REUSED", EXTERNAL_ID_REUSED).replace("$OUTBOX", OUTBOX)
-            .replace("$BATCH_PREFIX_LEN", str(len(BATCH_PREFIX))))
+            .replace("$BATCH_PREFIX_LEN", str(len(BATCH_PREFIX)))
+            .replace("$CLAIM_PREFIX", CLAIM_PREFIX).replace("$ARCHIVED_CLAIMS", ARCHIVED_CLAIMS))
 
 
 class BatchConflict(Exception):
@@ -175,7 +180,7 @@ def client_batches_key(client: str) -> str:
 
 
 def claim_key(client: str, external_id: str) -> str:
-    return f"{PREFIX}claim:{_encoded_client(client)}:{encode_id(external_id)}"
+    return f"{CLAIM_PREFIX}{_encoded_client(client)}:{encode_id(external_id)}"
 
 
 # A batch asks for 10,000 claim keys of one client: encode the client once.
@@ -216,14 +221,19 @@ class PayoutStore:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._begin = client.register_script(_lua("events.lua", "common.lua", "begin_settlement.lua"))
+        self._begin = client.register_script(_lua("events.lua", "common.lua", "archived_claims.lua",
+                                                  "begin_settlement.lua"))
+        self._archived_duplicate = client.register_script(
+            _lua("events.lua", "common.lua", "archived_claims.lua", "archived_duplicate.lua"))
+        self._retire_claims = client.register_script(_lua("archived_claims.lua", "retire_claims.lua"))
+        self._retire = client.register_script(_lua("retire_batch.lua"))
         self._record = client.register_script(_lua("events.lua", "common.lua", "record_outcome.lua"))
         self._complete = client.register_script(_lua("events.lua", "complete_batch.lua"))
         self._take_over = client.register_script(_lua("take_over_publishing.lua"))
         self._discard = client.register_script(_lua("events.lua", "discard_batch.lua"))
         self._note = client.register_script(_lua("events.lua", "note_event.lua"))
         self._existing = client.register_script(_lua("existing_batch.lua"))
-        self._held_claims = client.register_script(_lua("conflicting_claims.lua"))
+        self._held_claims = client.register_script(_lua("archived_claims.lua", "conflicting_claims.lua"))
         self._open = client.register_script(_lua("events.lua", "open_batch.lua"))
 
     @classmethod
@@ -331,10 +341,12 @@ class PayoutStore:
                 self._held_claims(keys=[claim_key(client, e) for e in chunk], args=[first],
                                   client=pipe)
             replies = pipe.execute()
-        held = {unique[int(position) - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}")
+        held = {unique[int(position) - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}"
+                                            if batch_id else "an archived payment")
                 for reply in replies for position, terms, batch_id, index in reply}
+        # An archived claim keeps the terms digest's first 16 hex digits (archived_claims.lua).
         return [(o.index, held[o.external_id][1]) for o in orders
-                if o.external_id in held and held[o.external_id][0] != o.terms]
+                if o.external_id in held and not o.terms.startswith(held[o.external_id][0])]
 
     def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> str | None:
         """A new lease token when the batch is still `accepting` and its publisher's lease has
@@ -378,7 +390,16 @@ class PayoutStore:
                             attempts=int(reply[3]), called_ms=int(reply[4]))
         if action == Action.WAIT:
             return Decision(action, waiting_on=f"{reply[1]}#{reply[2]}")
+        if action == Action.ARCHIVED_DUPLICATE:
+            return Decision(action, order={"external_id": reply[1]})
         return Decision(action)
+
+    def record_archived_duplicate(self, ref: BatchRef, index: int, duplicate_of: dict) -> str:
+        """`duplicate` of a payment whose claim was archived, at the place the ledger names;
+        'changed' when the claim is no longer that archived payment (decide again)."""
+        reply = self._archived_duplicate(keys=batch_keys(ref)[:3],
+                                         args=[index, orjson.dumps(duplicate_of)])
+        return _s(reply[0])
 
     def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int,
                     event: dict | None = None) -> str:
@@ -406,7 +427,7 @@ class PayoutStore:
 
     def complete_batch(self, ref: BatchRef) -> tuple[str, ...]:
         """Mark the batch completed (idempotent); ('incomplete', processed, total) otherwise."""
-        reply = self._complete(keys=[batch_keys(ref)[0], OPEN_BATCHES],
+        reply = self._complete(keys=[batch_keys(ref)[0], OPEN_BATCHES, COMPLETED_BATCHES],
                                args=[utcnow(), ref.member])
         return tuple(_s(x) for x in reply)
 
@@ -483,6 +504,37 @@ class PayoutStore:
         """Items not yet in a final state, in submission order."""
         items = self.client.hgetall(batch_keys(ref)[1])
         return sorted(int(k) for k, v in items.items() if json.loads(v)["status"] not in FINAL_STATUSES)
+
+    # -- retention (the ledger holds it all: Redis lets go) --------------------------------
+
+    def completed_before(self, before_ms: int, limit: int) -> list[BatchRef]:
+        """Completed batches, oldest completion first, completed before `before_ms`."""
+        members = self.client.zrangebyscore(COMPLETED_BATCHES, "-inf", before_ms, start=0, num=limit)
+        return [BatchRef.from_member(m) for m in members]
+
+    def retention_facts(self, ref: BatchRef) -> dict | None:
+        """What the ledger must hold before the batch may leave Redis: its event count (the
+        batch's own sequence), counters and state."""
+        fields = ("state", "events", "total", "processed", "successful", "failed", "duplicates")
+        values = self.client.hmget(batch_keys(ref)[0], *fields)
+        if values[0] is None:
+            return None
+        return {"state": _s(values[0]), **{f: int(v or 0) for f, v in zip(fields[1:], values[1:],
+                                                                            strict=True)}}
+
+    def retire(self, ref: BatchRef, events: int) -> bool:
+        """Shrink the batch's final claims to archived claims, then delete its keys, each step
+        refused if the batch changed since the ledger was found to hold `events` of it."""
+        total = int(self.client.hget(batch_keys(ref)[0], "total") or 0)
+        batch_key, _, orders_key, _ = batch_keys(ref)
+        # Chunks: one script over a 10,000-item batch would hold Redis for every other client.
+        for first in range(0, total, RETIRE_CHUNK):
+            last = min(first + RETIRE_CHUNK, total) - 1
+            if self._retire_claims(keys=[batch_key, orders_key],
+                                   args=[events, ref.batch_id, first, last]) == -1:
+                return False
+        keys = [*batch_keys(ref), ALL_BATCHES, client_batches_key(ref.client), COMPLETED_BATCHES]
+        return bool(self._retire(keys=keys, args=[events, ref.member, encode_id(ref.batch_id)]))
 
     def try_sweep_lock(self, ttl_s: int) -> bool:
         """Take the sweeper's lock (expires by itself if the sweeper dies)."""

@@ -12,6 +12,9 @@ import logging
 import random
 import time
 
+import psycopg
+
+from payouts_core.ledger.retention import paid_item
 from payouts_core.provider import PermanentProviderError, TransientProviderError
 from payouts_core.resources import get_provider, get_store
 from payouts_core.rules import GAVE_UP_WAITING, NO_OUTCOME, Action, Verdict, idempotency_key, lookup_verdict
@@ -53,6 +56,8 @@ def settle(self, client: str, batch_id: str, index: int, waiting_since: float | 
 
     if decision.action in (Action.WAIT, Action.NOT_READY):
         return _wait(self, ref, context, waiting_since, decision.waiting_on or "batch opening")
+    if decision.action == Action.ARCHIVED_DUPLICATE:
+        return _archived_duplicate(self, ref, index, decision.order["external_id"], context, started)
     if decision.action not in (Action.SETTLE, Action.LOOKUP):  # final, duplicate, reused, orphan
         return _done(decision.action, context, started)
 
@@ -175,6 +180,24 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
         countdown = max(0.1, min(ceiling, provider.final_deadline_s - since_call_s))
         raise task.retry(countdown=countdown * random.uniform(1.0, 1.2))
     return _done(outcome, context, started, level=logging.WARNING)
+
+
+def _archived_duplicate(task, ref: BatchRef, index: int, external_id: str, context: dict,
+                        started: float) -> str:
+    """Paid with the same terms in a batch that left Redis: the ledger says where (duplicate_of).
+    The ledger unreachable delays this item only; nothing is paid meanwhile."""
+    try:
+        paid = paid_item(get_settings().ledger.database_url, ref.client, external_id)
+    except psycopg.Error as exc:
+        log.warning("settle: the ledger is unreachable; asking again", extra={**context, "error": str(exc)})
+        paid = None
+    if paid is None:
+        SETTLE_RETRIES.labels("ledger").inc()
+        raise task.retry(countdown=random.uniform(2.0, 5.0))
+    outcome = get_store().record_archived_duplicate(ref, index, paid)
+    if outcome == "changed":  # the archived claim changed meanwhile: decide again
+        raise task.retry(countdown=0.05)
+    return _done(outcome, context, started)
 
 
 def _wait(task, ref: BatchRef, context: dict, waiting_since: float | None, reason: str) -> str:

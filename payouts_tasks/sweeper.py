@@ -8,7 +8,8 @@ Three ways a batch can be left behind, and what the sweep does about each:
 - no item finished for PAYOUTS_STALL_AFTER_S (settle messages lost or failed): publish a chord
   of settle tasks for the unfinished items. Settle is idempotent per item, so a message that
   was only slow, not lost, cannot pay twice.
-It also sends the webhook deliveries that are due and that no task message carries.
+It also sends the webhook deliveries that are due and that no task message carries, and lets
+go of completed batches past their retention whose every event the ledger holds (checked).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import logging
 import time
 
+import psycopg
 import redis
 
+from payouts_core.ledger.retention import ledger_holds
 from payouts_core.resources import get_store
 from payouts_core.settings import get_settings
 from payouts_core.store import BatchRef
@@ -27,6 +30,7 @@ from payouts_tasks.metrics import SWEEP_ERRORS
 from payouts_tasks.webhooks import emit_batch_completed, redrive_due
 
 log = logging.getLogger(__name__)
+RETIRE_PER_SWEEP = 50
 
 
 @app.task(name="payouts.sweep", ignore_result=True)
@@ -56,9 +60,31 @@ def sweep() -> dict[str, str]:
                 done[ref.member] = action
         if resent := redrive_due():
             done["webhook deliveries re-sent"] = str(resent)
+        if retired := retire_due(settings.ledger.database_url, settings.ledger.retention_s):
+            done["retired"] = str(retired)
         return done
     finally:
         store.release_sweep_lock()
+
+
+def retire_due(database_url: str, retention_s: int, limit: int = RETIRE_PER_SWEEP) -> int:
+    """Delete from Redis the completed batches past their retention that the ledger holds in
+    full; a batch the ledger lacks stays (and is logged) until the archive has caught up."""
+    store = get_store()
+    retired = 0
+    for ref in store.completed_before(int((time.time() - retention_s) * 1000), limit):
+        facts = store.retention_facts(ref)
+        try:
+            held = facts is not None and ledger_holds(database_url, ref, facts)
+        except psycopg.Error as exc:
+            log.warning("sweep: the ledger is unreachable; nothing retired", extra={"error": str(exc)})
+            return retired
+        if not held:
+            log.warning("sweep: batch past its retention is not all in the ledger yet; kept",
+                        extra={"client": ref.client, "batch_id": ref.batch_id})
+            continue
+        retired += store.retire(ref, facts["events"])
+    return retired
 
 
 def sweep_batch(ref: BatchRef, stall_after_s: int, grace_s: int) -> str | None:

@@ -36,6 +36,21 @@ end
 local claim_key = order.claim
 local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen', 'e2e_id', 'terms',
                      'called_ms')
+if not c[1] then
+  local archived = archived_claim(claim_key)
+  if archived and archived.state == 'paid' then
+    if archived.tag ~= terms_tag(order.terms) then
+      reused(KEYS[1], KEYS[2], KEYS[3], idx, item, 'an archived payment')
+      return {'reused'}
+    end
+    return {'archived_duplicate', order.external_id}  -- settle asks the ledger where, then records
+  end
+  if archived then  -- failed: the next claim continues its generations (a new provider key)
+    local bucket, field = archived_claim_ref(claim_key)
+    redis.call('HDEL', bucket, field)
+    c[4] = archived.gen
+  end
+end
 local mine = (c[2] == ARGV[2] and c[3] == idx)
 local where = 'batch ' .. tostring(c[2]) .. ' item ' .. tostring(c[3])
 if c[1] == 'paid' then
