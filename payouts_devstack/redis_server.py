@@ -60,6 +60,9 @@ def start_redis(port: int, data_dir: Path, appendonly: bool = True) -> Process:
         "--appendfsync", "everysec",
         "--maxmemory-policy", "noeviction",
         "--maxclients", "10000",
+        # Archived claims live in 4,096 bucket hashes per client: kept compact (listpack, ~30 B
+        # an id) up to this many ids per bucket (payouts_core/lua/archived_claims.lua).
+        "--hash-max-listpack-entries", "4096",
     ]
     proc = Process("redis", argv, data_dir / "redis.log", os.environ)
     url = f"redis://127.0.0.1:{port}/0"

@@ -97,8 +97,8 @@ def archived(store, client: str, external_id: str) -> bytes | None:
     """The archived claim's value, found as archived_claims.lua files it (written out here)."""
     key = claim_key(client, external_id)
     digest = hashlib.sha1(key.encode()).hexdigest()
-    return store.client.hget(f"{ARCHIVED_CLAIMS}{quote(client, safe='')}:{digest[:4]}",
-                             bytes.fromhex(digest[4:28]))
+    return store.client.hget(f"{ARCHIVED_CLAIMS}{quote(client, safe='')}:{digest[:3]}",
+                             bytes.fromhex(digest[3:27]))
 
 
 def retire(store, ledger_db, ref: BatchRef) -> bool:
