@@ -8,6 +8,7 @@ how an answer to a lookup settles an item (unknown is not failed).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from enum import StrEnum
 from urllib.parse import quote, unquote
 
@@ -55,6 +56,13 @@ def counters_from_statuses(statuses) -> dict[str, int]:
         if status in COUNTER:
             counts[COUNTER[ItemStatus(status)]] += 1
     return {**counts, "processed": sum(counts.values())}
+
+
+def paid_at_most_once(items: Iterable[tuple[str, str, str]]) -> bool:
+    """SPEC §5: of one client's items with one external_id, at most one is ever `paid`.
+    `items` are (client, external_id, status); the ledger's unique index states it in SQL."""
+    paid = [(client, external_id) for client, external_id, status in items if status == ItemStatus.PAID]
+    return len(paid) == len(set(paid))
 
 
 def payout_terms(amount_cents: int, pix_key: str, user_id: str) -> str:

@@ -522,6 +522,11 @@ class PayoutStore:
         return {"state": _s(values[0]), **{f: int(v or 0) for f, v in zip(fields[1:], values[1:],
                                                                             strict=True)}}
 
+    def retire_later(self, ref: BatchRef, at_ms: int) -> None:
+        """Look at this batch's retirement again once `at_ms` is past retention (the ledger did
+        not hold it yet): the batches behind it are not held up meanwhile."""
+        self.client.zadd(COMPLETED_BATCHES, {ref.member: at_ms}, xx=True)
+
     def retire(self, ref: BatchRef, events: int) -> bool:
         """Shrink the batch's final claims to archived claims, then delete its keys, each step
         refused if the batch changed since the ledger was found to hold `events` of it."""

@@ -31,6 +31,7 @@ from payouts_tasks.webhooks import emit_batch_completed, redrive_due
 
 log = logging.getLogger(__name__)
 RETIRE_PER_SWEEP = 50
+RETIRE_RECHECK_S = 600
 
 
 @app.task(name="payouts.sweep", ignore_result=True)
@@ -72,7 +73,8 @@ def retire_due(database_url: str, retention_s: int, limit: int = RETIRE_PER_SWEE
     full; a batch the ledger lacks stays (and is logged) until the archive has caught up."""
     store = get_store()
     retired = 0
-    for ref in store.completed_before(int((time.time() - retention_s) * 1000), limit):
+    due_ms = int((time.time() - retention_s) * 1000)
+    for ref in store.completed_before(due_ms, limit):
         facts = store.retention_facts(ref)
         try:
             held = facts is not None and ledger_holds(database_url, ref, facts)
@@ -82,6 +84,7 @@ def retire_due(database_url: str, retention_s: int, limit: int = RETIRE_PER_SWEE
         if not held:
             log.warning("sweep: batch past its retention is not all in the ledger yet; kept",
                         extra={"client": ref.client, "batch_id": ref.batch_id})
+            store.retire_later(ref, due_ms + RETIRE_RECHECK_S * 1000)
             continue
         retired += store.retire(ref, facts["events"])
     return retired

@@ -28,3 +28,31 @@ def test_one_corrupt_batch_is_reported_and_the_others_are_still_swept(store, red
     assert done[corrupt.member] == "error"
     assert done[healthy.member] == "completed"
     assert store.summary(healthy)["status"] == "completed"
+
+
+def test_retirement_waits_for_the_ledger_and_does_not_block_the_others(store, ledger_url, uid):
+    """A batch past retention that the ledger lacks is kept and looked at later; others go on."""
+    import psycopg
+
+    from payouts_core.ledger.schema import upgrade
+    from payouts_core.store import COMPLETED_BATCHES
+    from payouts_tasks.sweeper import retire_due
+
+    empty_db = f"sweeper_{uid}"
+    with psycopg.connect(ledger_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{empty_db}"')
+    empty_url = ledger_url.rsplit("/", 1)[0] + "/" + empty_db
+    upgrade(empty_url)
+
+    ref = BatchRef("tests", f"unarchived-{uid}")
+    store.create_batch(ref, fingerprint({"u": uid}), [Order(0, f"u-{uid}", "u", 1, "a@b.com", "a***")],
+                       lease_token="t")
+    store.open_batch(ref, "t")
+    decision = store.begin_settlement(ref, 0, 6)
+    store.record_paid(ref, 0, "E-u", decision.claim_generation)
+    assert store.complete_batch(ref)[0] == "completed"
+    # The ledger (a migrated database with no such batch) does not hold it.
+    before = store.client.zscore(COMPLETED_BATCHES, ref.member)
+    assert retire_due(empty_url, retention_s=0, limit=10_000) == 0
+    assert store.batch_state(ref) == "completed"
+    assert store.client.zscore(COMPLETED_BATCHES, ref.member) > before + 500_000
