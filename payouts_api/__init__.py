@@ -7,10 +7,13 @@ from flask import Flask
 from payouts_api.auth import require_api_key
 from payouts_api.extensions import init_limiter
 from payouts_api.health import bp as health_bp
+from payouts_api.items import bp as items_bp
+from payouts_api.ledger import init_ledger
 from payouts_api.metrics import bp as metrics_bp
 from payouts_api.openapi import init_docs
 from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
+from payouts_api.reports import bp as reports_bp
 from payouts_api.request_context import init_request_context
 from payouts_api.webhooks import bp as webhooks_bp
 from payouts_core.logs import configure_logging
@@ -50,9 +53,12 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         settings.store_url, socket_timeout=5, socket_connect_timeout=2)
     init_limiter(app)
     register_error_handlers(app)
+    init_ledger(app)
     init_request_context(app)
     app.before_request(require_api_key)
     app.register_blueprint(payouts_bp)
+    app.register_blueprint(items_bp)
+    app.register_blueprint(reports_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(webhooks_bp)

@@ -15,7 +15,7 @@ from payouts_core.settings import key_digest
 
 ANONYMOUS = "anonymous"
 # Docs, OpenAPI and health checks stay open; money and metrics need a key.
-PROTECTED_BLUEPRINTS = frozenset({"payouts", "webhooks", "metrics"})
+PROTECTED_BLUEPRINTS = frozenset({"payouts", "items", "reports", "webhooks", "metrics"})
 
 
 def presented_key() -> str | None:

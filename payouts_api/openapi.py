@@ -9,6 +9,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flasgger import Swagger
 
+from payouts_api import items, reports
 from payouts_api.schemas import (
     BatchPageSchema,
     BatchReportSchema,
@@ -46,6 +47,13 @@ def _report(description: str, location: bool = False) -> dict:
     if location:
         response["headers"] = {"Location": {"schema": {"type": "string"},
                                             "description": "URL of the batch report."}}
+    return response
+
+
+def _report_or_csv() -> dict:
+    """The report; with `Accept: text/csv`, one row per item (masked PIX keys), streamed."""
+    response = _report("The report (from the ledger once Redis no longer holds the batch).")
+    response["content"]["text/csv"] = {"schema": {"type": "string"}}
     return response
 
 
@@ -145,9 +153,9 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
     spec.path(path="/api/payouts", operations={"post": submit})
     spec.path(path="/payouts/batch", operations={"post": {**submit, "summary": "Alias of POST /api/payouts"}})
     spec.path(path="/api/payouts/{batch_id}", operations={"get": {
-        "summary": "The batch report, with live progress",
+        "summary": "The batch report, with live progress (or the batch as CSV: Accept: text/csv)",
         "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": _report("The report."), "404": _problem("Unknown batch."),
+        "responses": {"200": _report_or_csv(), "404": _problem("Unknown batch."),
                       "401": common["401"], "429": common["429"], "503": common["503"]},
     }})
     reads = {"401": common["401"], "422": _problem("Invalid query parameters; `errors` names each."),
@@ -165,6 +173,8 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
                       **reads},
     }})
     _webhook_paths(spec, common, reads)
+    items.document(spec, reads)
+    reports.document(spec, reads)
     document = spec.to_dict()
     # Every documented operation needs a key, sent either way.
     document["security"] = [{"bearer": []}, {"apiKey": []}]

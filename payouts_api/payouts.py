@@ -8,9 +8,11 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow.experimental.context import Context
 
 from payouts_api.extensions import limiter
+from payouts_api.ledger import ledger
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
 from payouts_api.problems import MAX_FIELD_ERRORS, Problem
 from payouts_api.schemas import BatchIdSchema, BatchRequestSchema, HistoryQuerySchema, ItemsQuerySchema
+from payouts_core.ledger import reads
 from payouts_core.pix_keys import mask_pix_key
 from payouts_core.store import (
     BatchConflict,
@@ -142,7 +144,15 @@ def get_batch(batch_id: str):
     _batch_id_schema.load({"batch_id": batch_id})
     g.batch_id = batch_id
     # Another client's batch answers exactly like an unknown one: the key is per client.
-    report = current_app.extensions["payouts_store"].report_json(BatchRef(g.client_name, batch_id))
+    # Redis while it holds the batch, then the ledger (SPEC §10).
+    ref, store = BatchRef(g.client_name, batch_id), current_app.extensions["payouts_store"]
+    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
+        rows = reads.csv_stream(store, ledger(), ref)
+        if rows is None:
+            raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
+        return Response(rows, mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{batch_id}.csv"'})
+    report = reads.report_json(store, ledger(), ref)
     if report is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
     return _report_response(report, 200)
@@ -164,9 +174,9 @@ def list_batches():
     # Creation times are whole milliseconds: "after" and "before" exclude the instant itself.
     oldest = _ms(query["created_after"]) + 1 if "created_after" in query else None
     newest = _ms(query["created_before"]) - 1 if "created_before" in query else None
-    store = current_app.extensions["payouts_store"]
-    batches, position = store.history(g.client_name, query["limit"], query.get("cursor"),
-                                      query.get("status"), newest, oldest)
+    batches, position = reads.merged_history(
+        current_app.extensions["payouts_store"], ledger(), g.client_name, query["limit"],
+        query.get("cursor"), query.get("status"), newest, oldest)
     return {"batches": batches, "next_cursor": encode_cursor(*position) if position else None}
 
 
@@ -178,8 +188,9 @@ def list_items(batch_id: str):
     query = _items_query.load(request.args.to_dict())
     g.batch_id = batch_id
     start = query["cursor"][0] if "cursor" in query else 0
-    found = current_app.extensions["payouts_store"].batch_items(
-        BatchRef(g.client_name, batch_id), query["limit"], start, query.get("status"))
+    found = reads.batch_items(current_app.extensions["payouts_store"], ledger(),
+                              BatchRef(g.client_name, batch_id), query["limit"], start,
+                              query.get("status"))
     if found is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
     items, following = found
