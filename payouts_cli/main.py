@@ -305,6 +305,33 @@ def status(ctx: click.Context, batch_id: str, watch: bool, as_json: bool, interv
     print_items_table(report)
 
 
+@cli.command()
+@click.argument("batch_id")
+@click.argument("external_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the item(s) and events as JSON.")
+@click.pass_context
+def item(ctx: click.Context, batch_id: str, external_id: str, as_json: bool) -> None:
+    """Show what happened to one payout: its status and every event, oldest first."""
+    path = f"/api/payouts/{quote(batch_id, safe='')}/items/{quote(external_id, safe='')}"
+    _, story = _api(ctx).request("GET", path)
+    if as_json:
+        print_json(story)
+        return
+    for entry in story["items"]:
+        outcome = entry.get("e2e_id") or entry.get("failure_code") or ""
+        click.echo(f"Item {entry['index']} of batch {story['batch_id']}: {entry['external_id']} "
+                   f"{entry['status']} {brl(entry['amount_cents'])} to {entry['pix_key']} "
+                   f"after {entry['attempts']} attempt(s) {outcome}".rstrip())
+        table = Table("at (UTC)", "event", "attempt", "code", "detail")
+        for event in entry["events"]:
+            detail = ", ".join(f"{k}={_describe_origin(v) if k == 'duplicate_of' else v}"
+                               for k, v in sorted(event["detail"].items()))
+            table.add_row(event["at"].replace("T", " ").rstrip("Z"), event["type"],
+                          "" if event["attempt"] is None else str(event["attempt"]),
+                          event["code"] or "", detail)
+        Console().print(table)
+
+
 client_option = click.option("--client", metavar="NAME",
                              help="Only this client's (the API key's owner) data; default: all.")
 

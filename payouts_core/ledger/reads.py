@@ -36,7 +36,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The history's order within one millisecond is by the encoded batch_id's bytes, as Redis sorts
 # its index. Batch ids hold only [A-Za-z0-9._:-] (schemas.ID_PATTERN), of which encode_id
 # changes only ':'; tests/core/test_ledger_reads.py checks this expression against encode_id.
-MEMBER_SQL = "replace(batch_id, ':', '%3A') COLLATE \"C\""
+# (`%%`: it goes into queries with parameters.)
+MEMBER_SQL = "replace(batch_id, ':', '%%3A') COLLATE \"C\""
 
 # One row per item: the report entry's fields (masked PIX key only), as (header, JSON path).
 CSV_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -100,7 +101,10 @@ def history_position(summary: dict) -> tuple[int, str]:
 
 def _csv_sql_value(path: tuple[str, ...]) -> str:
     # NULLIF: an empty string prints unquoted, as Python's csv prints it.
-    return "idx" if not path else f"NULLIF(detail #>> '{{{','.join(path)}}}', '')"
+    if not path:
+        return "idx"
+    *parents, leaf = path
+    return "NULLIF(detail" + "".join(f"->'{p}'" for p in parents) + f"->>'{leaf}', '')"
 
 
 def csv_row(index: int, entry: dict) -> list:
