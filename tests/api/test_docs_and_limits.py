@@ -13,6 +13,8 @@ def test_openapi_document_is_built_from_the_request_schemas(client):
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/api/payouts", "/payouts/batch", "/api/payouts/{batch_id}",
                                       "/api/payouts/{batch_id}/items", "/api/webhooks",
+                                      "/api/payouts/{batch_id}/items/{external_id}",
+                                      "/api/reports/daily",
                                       "/api/webhooks/{endpoint_id}",
                                       "/api/webhooks/{endpoint_id}/rotate-secret",
                                       "/api/webhooks/{endpoint_id}/deliveries",
