@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 import psycopg
 from psycopg import sql
@@ -287,6 +288,13 @@ class LedgerReads:
                 by_code["count"] += r["n"]
                 by_code["amount_cents"] += int(r["cents"])
         return list(days.values())
+
+
+@lru_cache(maxsize=8)
+def shared(database_url: str) -> LedgerReads:
+    """The process's reader of this database: every app built in the process shares its pool
+    (tests build hundreds of apps; one pool each would hold PostgreSQL connections by hundreds)."""
+    return LedgerReads(database_url)
 
 
 def _empty_day(day: date) -> dict:

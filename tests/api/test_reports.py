@@ -48,16 +48,19 @@ def test_a_ledger_that_does_not_answer_is_503_not_404(make_app):
     from payouts_core.ledger.reads import LedgerReads
 
     app = make_app()
-    app.extensions["payouts_ledger"] = LedgerReads("postgresql://postgres@127.0.0.1:1/payouts",
-                                                   timeout_s=1)
+    reader = app.extensions["payouts_ledger"] = LedgerReads(
+        "postgresql://postgres@127.0.0.1:1/payouts", timeout_s=1)
     client = app.test_client()
 
-    for path in ("/api/payouts/never-seen", "/api/payouts/never-seen/items/x",
-                 "/api/reports/daily?from=2026-12-01&to=2026-12-01", "/api/payouts"):
-        response = client.get(path)
-        assert response.status_code == 503, path
-        assert response.mimetype == "application/problem+json"
-        assert "Retry-After" not in response.headers  # only a 429 carries one (SPEC §9)
+    try:
+        for path in ("/api/payouts/never-seen", "/api/payouts/never-seen/items/x",
+                     "/api/reports/daily?from=2026-12-01&to=2026-12-01", "/api/payouts"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            assert response.mimetype == "application/problem+json"
+            assert "Retry-After" not in response.headers  # only a 429 carries one (SPEC §9)
+    finally:
+        reader.close()
 
 
 def test_openapi_documents_the_ledger_routes(client):
