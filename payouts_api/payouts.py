@@ -151,11 +151,11 @@ def get_batch(batch_id: str):
         if rows is None:
             raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
         return Response(rows, mimetype="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{batch_id}.csv"'})
+            "Content-Disposition": f'attachment; filename="{batch_id}.csv"', "Vary": "Accept"})
     report = reads.report_json(store, ledger(), ref)
     if report is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
-    return _report_response(report, 200)
+    return _report_response(report, 200, {"Vary": "Accept"})
 
 
 _history_query = HistoryQuerySchema()

@@ -103,6 +103,7 @@ def test_the_csv_is_a_streamed_attachment(client, store, tenant, uid):
     assert response.get_data().count(b"\n") == 5
     json_by_default = client.get(f"/api/payouts/{ref.batch_id}", headers={"Accept": "*/*"})
     assert json_by_default.mimetype == "application/json"
+    assert response.headers["Vary"] == json_by_default.headers["Vary"] == "Accept"
 
 
 def test_an_items_story_lists_every_provider_call_in_order(client, store, tenant, uid):
