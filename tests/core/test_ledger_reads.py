@@ -218,3 +218,18 @@ def test_a_ledger_that_does_not_answer_is_unavailable_not_empty():
     finally:
         reader.close()
     assert issubclass(LedgerUnavailable, RuntimeError) and not issubclass(LedgerUnavailable, psycopg.Error)
+
+
+def test_a_walk_goes_on_while_retention_moves_batches_to_the_ledger(store, ledger, uid):
+    client = f"w{uid}"
+    refs = [settled_batch(store, client, f"b{i}", ["paid"]) for i in range(4)]
+    for ref in refs:
+        wait_archived(store, ref)
+    seen, cursor = [], None
+    for step in range(4):
+        page, cursor = merged_history(store, ledger, client, 1, cursor)
+        seen += [summary["batch_id"] for summary in page]
+        if step < 3:
+            forget_in_redis(store, refs[2 - step])  # the next one leaves Redis meanwhile
+
+    assert seen == ["b3", "b2", "b1", "b0"] and cursor is None
