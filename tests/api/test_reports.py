@@ -44,15 +44,22 @@ def test_the_ledger_routes_need_a_key(client, path):
     assert client.get(path, headers={"X-API-Key": ""}).status_code == 401
 
 
-def test_a_ledger_that_does_not_answer_is_503_not_404(make_app):
+def test_a_ledger_that_does_not_answer_is_503_not_404(make_app, uid):
     from payouts_core.ledger.reads import LedgerReads
 
     app = make_app()
     reader = app.extensions["payouts_ledger"] = LedgerReads(
         "postgresql://postgres@127.0.0.1:1/payouts", timeout_s=1)
     client = app.test_client()
+    held = {"batch_id": f"held-{uid}", "items": [
+        {"external_id": f"held-{uid}", "user_id": "u", "amount_cents": 5, "pix_key": "a@b.com"}]}
+    assert client.post("/api/payouts", json=held).status_code == 202
 
     try:
+        # What Redis holds needs no PostgreSQL.
+        assert client.get(f"/api/payouts/held-{uid}").status_code == 200
+        assert client.get(f"/api/payouts/held-{uid}/items").status_code == 200
+        assert client.get(f"/api/payouts/held-{uid}", headers={"Accept": "text/csv"}).status_code == 200
         for path in ("/api/payouts/never-seen", "/api/payouts/never-seen/items/x",
                      "/api/reports/daily?from=2026-12-01&to=2026-12-01", "/api/payouts"):
             response = client.get(path)
