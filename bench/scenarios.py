@@ -531,7 +531,7 @@ class Bench:
         run.counts, found = check_report(report, items)
         run.problems.extend(found)
         store = PayoutStore(redis.Redis.from_url(self.stack.redis_url, decode_responses=True))
-        provider = SimulatedPixProvider(store.client, ispb=Settings.from_env({}).provider_ispb)
+        provider = SimulatedPixProvider(store.client, ispb=Settings.from_env({}).simulator.ispb)
         problems = [f"reconcile: {p}" for p in reconcile(store, provider)]
         broker = "RabbitMQ (quorum)" if self.stack.vhost else "Redis"
         row = self.row("recovery", [run], sampler, [

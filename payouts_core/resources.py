@@ -40,6 +40,12 @@ def get_store() -> PayoutStore:
 
 @lru_cache(maxsize=1)
 def get_provider() -> PixProvider:
+    """PAYOUTS_PROVIDER: the simulator (default) or Efí; one per process (Efí: one token, one pool)."""
+    settings = get_settings()
+    if settings.provider == "efi":
+        from payouts_core.provider.efi import build_provider as build_efi
+
+        return build_efi(settings, store_client())
     from payouts_core.provider.simulated import build_provider
 
-    return build_provider(get_settings(), store_client())
+    return build_provider(settings, store_client())

@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -102,12 +105,12 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def _api_keys(env: Mapping[str, str], strict: bool) -> tuple[tuple[str, str], ...]:
     """PAYOUTS_API_KEYS="client:key,client:key2,other:key3" -> ((client, digest), ...).
 
     The name is the client (tenant); one client may hold several keys, for rotation.
     """
-    raw = env.get("PAYOUTS_API_KEYS") or ""
+    raw = read_secret(env, "PAYOUTS_API_KEYS", strict=strict) or ""
     keys = []
     for pair in filter(None, (p.strip() for p in raw.split(","))):
         name, sep, key = pair.partition(":")
@@ -121,6 +124,121 @@ def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     if len({d for _, d in keys}) != len(keys):
         raise SettingsError("PAYOUTS_API_KEYS: the same key is listed twice")
     return tuple(keys)
+
+
+# --- Secrets (issue 19) -----------------------------------------------------------------------
+
+# What may be given as NAME_FILE beside NAME: credentials, and URLs that may carry a password.
+SECRET_NAMES = ("PAYOUTS_API_KEYS", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+                "PAYOUTS_STORE_URL", "RATELIMIT_STORAGE_URI", "EFI_CLIENT_ID", "EFI_CLIENT_SECRET")
+
+
+def read_secret(env: Mapping[str, str], name: str, *, strict: bool) -> str | None:
+    """NAME, or the contents of the file NAME_FILE names (the Docker and Kubernetes secrets
+    convention); one trailing newline is dropped, as `echo secret > file` writes one.
+
+    Setting both is refused (which one would win is a guess). `strict` (production) also refuses
+    a world-readable file: any local user could read the secret. Errors name the variable and
+    the path, never the value.
+    """
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return env.get(name) or None
+    if env.get(name):
+        raise SettingsError(f"set {name} or {name}_FILE, not both")
+    _check_secret_file(f"{name}_FILE", path, strict)
+    text = Path(path).read_text()
+    return text.removesuffix("\n").removesuffix("\r") or None
+
+
+def _check_secret_file(variable: str, path: str, strict: bool) -> None:
+    """The file exists, is readable, and (strict) is not readable by every local user."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path!r} ({exc.strerror})") from None
+    if strict and mode & stat.S_IROTH:
+        raise SettingsError(f"{variable}: {path!r} is world-readable, refused with "
+                            "PAYOUTS_ENV=production (chmod o-r it; Kubernetes: defaultMode 0440)")
+
+
+# --- Providers: each provider's own settings (issue 19) ----------------------------------------
+
+PROVIDERS = ("simulated", "efi")
+EFI_PRODUCTION_URL = "https://pix.api.efipay.com.br"
+EFI_SANDBOX_URL = "https://pix-h.api.efipay.com.br"
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """PIX_SIM_*: the in-process simulated bank (payouts_core.provider.simulated)."""
+
+    latency_ms: tuple[int, int] = (500, 2000)
+    permanent_failure_rate: float = 0.0
+    transient_failure_rate: float = 0.0
+    seed: str | None = None
+    ispb: str = "13935893"
+    settlement_timeout_s: float = 40.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SimulatorSettings:
+        ispb = env.get("PIX_SIM_ISPB") or "13935893"
+        if len(ispb) != 8 or not ispb.isdigit():
+            raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
+        return cls(
+            latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
+            permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),
+            transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),
+            seed=env.get("PIX_SIM_SEED") or None,
+            ispb=ispb,
+            settlement_timeout_s=_float(env, "PIX_SIM_SETTLEMENT_TIMEOUT_S", 40.0, 0.1, 3600.0),
+        )
+
+
+@dataclass(frozen=True)
+class EfiSettings:
+    """EFI_*: Efí's Pix API (payouts_core.provider.efi). Credentials never appear in a repr."""
+
+    base_url: str
+    client_id: str = field(repr=False)
+    client_secret: str = field(repr=False)
+    cert_file: str  # PEM: the account's client certificate and its private key
+    ca_file: str | None  # trust anchors for the PSP's server certificate; None: the system store
+    payer_key: str = field(repr=False)  # the paying account's Pix key
+    connect_timeout_s: float = 3.0
+    timeout_s: float = 20.0  # one provider call, every HTTP request in it included
+    final_deadline_s: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], strict: bool) -> EfiSettings:
+        missing = [n for n in ("EFI_CLIENT_ID", "EFI_CLIENT_SECRET", "EFI_CERT_FILE", "EFI_PAYER_KEY")
+                   if not (env.get(n) or env.get(f"{n}_FILE"))]
+        if missing:
+            raise SettingsError(f"PAYOUTS_PROVIDER=efi needs {', '.join(missing)}")
+        base_url = (env.get("EFI_BASE_URL") or EFI_PRODUCTION_URL).rstrip("/")
+        if urlsplit(base_url).scheme != "https":
+            raise SettingsError(f"EFI_BASE_URL must be an https:// URL, got {base_url!r}")
+        cert_file = env["EFI_CERT_FILE"]
+        _check_secret_file("EFI_CERT_FILE", cert_file, strict)  # it holds the private key
+        ca_file = env.get("EFI_CA_FILE") or None
+        if ca_file:
+            _check_secret_file("EFI_CA_FILE", ca_file, strict=False)  # public certificates
+        connect = _float(env, "EFI_CONNECT_TIMEOUT_S", 3.0, 0.1, 60.0)
+        timeout = _float(env, "EFI_TIMEOUT_S", 20.0, 0.2, 300.0)
+        if connect > timeout:
+            raise SettingsError("EFI_CONNECT_TIMEOUT_S must not exceed EFI_TIMEOUT_S")
+        final = _float(env, "EFI_FINAL_DEADLINE_S", 300.0, 0.1, 7 * 86400.0)
+        if final < timeout:
+            raise SettingsError("EFI_FINAL_DEADLINE_S must be at least EFI_TIMEOUT_S (a call still "
+                                "running cannot be declared without a transfer)")
+        return cls(base_url=base_url,
+                   client_id=read_secret(env, "EFI_CLIENT_ID", strict=strict) or "",
+                   client_secret=read_secret(env, "EFI_CLIENT_SECRET", strict=strict) or "",
+                   cert_file=cert_file, ca_file=ca_file,
+                   payer_key=env.get("EFI_PAYER_KEY") or "",
+                   connect_timeout_s=connect, timeout_s=timeout, final_deadline_s=final)
 
 
 @dataclass(frozen=True)
@@ -144,12 +262,9 @@ class Settings:
     visibility_timeout_s: int
     worker_concurrency: int
     worker_processes: int
-    provider_latency_ms: tuple[int, int]
-    provider_permanent_failure_rate: float
-    provider_transient_failure_rate: float
-    provider_seed: str | None
-    provider_ispb: str
-    provider_settlement_timeout_s: float
+    provider: str  # PAYOUTS_PROVIDER: simulated | efi
+    simulator: SimulatorSettings
+    efi: EfiSettings | None  # only with PAYOUTS_PROVIDER=efi
     settle_time_limit_s: int
     sweep_interval_s: int
     stall_after_s: int
@@ -172,13 +287,28 @@ class Settings:
     webhook_rotation_grace_s: int
     ledger: LedgerSettings
 
+    @property
+    def provider_settlement_timeout_s(self) -> float:
+        """The longest one call to the configured provider may take (settle plans retries on it)."""
+        if self.provider == "efi" and self.efi is not None:
+            return self.efi.timeout_s
+        return self.simulator.settlement_timeout_s
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
-        ispb = env.get("PIX_SIM_ISPB") or "13935893"
-        if len(ispb) != 8 or not ispb.isdigit():
-            raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
+        environment = (env.get("PAYOUTS_ENV") or "production").lower()
+        if environment not in ENVIRONMENTS:
+            raise SettingsError(f"PAYOUTS_ENV must be production, development or test, got {environment!r}")
+        strict = environment not in RELAXED_ENVIRONMENTS  # secret files must not be world-readable
+        redis_url = read_secret(env, "REDIS_URL", strict=strict) or "redis://localhost:6379/0"
+        provider = (env.get("PAYOUTS_PROVIDER") or "simulated").lower()
+        if provider not in PROVIDERS:
+            raise SettingsError(f"PAYOUTS_PROVIDER must be simulated or efi, got {provider!r}")
+        simulator = SimulatorSettings.from_env(env)
+        efi = EfiSettings.from_env(env, strict) if provider == "efi" else None
+        call_deadline, deadline_name = ((efi.timeout_s, "EFI_TIMEOUT_S") if efi is not None else
+                                        (simulator.settlement_timeout_s, "PIX_SIM_SETTLEMENT_TIMEOUT_S"))
         # 0.25-0.5 s, then 0.5-1 s, 1-2 s: the seed profile's retried items ended its batches
         # (100 % done at 2.0x the 95 % time with a 0.5 s base; docs/BENCHMARKS.md).
         backoff_base = _float(env, "PAYOUTS_RETRY_BACKOFF_BASE_S", 0.25, 0.0, 60.0)
@@ -187,10 +317,9 @@ class Settings:
         # 55 s + the longest retry countdown (10 s + 20 % jitter), time limit > the SPI deadline.
         backoff_max = _float(env, "PAYOUTS_RETRY_BACKOFF_MAX_S", 10.0, 0.0, 600.0)
         visibility = _int(env, "PAYOUTS_VISIBILITY_TIMEOUT_S", 70, minimum=10)
-        settlement_timeout = _float(env, "PIX_SIM_SETTLEMENT_TIMEOUT_S", 40.0, 0.1, 3600.0)
         time_limit = _int(env, "PAYOUTS_SETTLE_TIME_LIMIT_S", 55, minimum=1)
-        if time_limit <= settlement_timeout:
-            raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must exceed PIX_SIM_SETTLEMENT_TIMEOUT_S "
+        if time_limit <= call_deadline:
+            raise SettingsError(f"PAYOUTS_SETTLE_TIME_LIMIT_S must exceed {deadline_name} "
                                 "(the provider's deadline answers first; the time limit is the backstop)")
         if time_limit >= visibility:
             raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
@@ -222,15 +351,12 @@ class Settings:
             raise SettingsError(f"WORKER_PROCESSES must be at most {MAX_WORKER_PROCESSES}, got "
                                 f"{worker_processes} (each process holds WORKER_CONCURRENCY greenlets "
                                 "and their connections: run more machines or containers instead)")
-        environment = (env.get("PAYOUTS_ENV") or "production").lower()
-        if environment not in ENVIRONMENTS:
-            raise SettingsError(f"PAYOUTS_ENV must be production, development or test, got {environment!r}")
         settings = cls(
             redis_url=redis_url,
-            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
-            result_backend=env.get("CELERY_RESULT_BACKEND") or redis_url,
-            store_url=env.get("PAYOUTS_STORE_URL") or redis_url,
-            ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI") or redis_url,
+            broker_url=read_secret(env, "CELERY_BROKER_URL", strict=strict) or redis_url,
+            result_backend=read_secret(env, "CELERY_RESULT_BACKEND", strict=strict) or redis_url,
+            store_url=read_secret(env, "PAYOUTS_STORE_URL", strict=strict) or redis_url,
+            ratelimit_storage_uri=read_secret(env, "RATELIMIT_STORAGE_URI", strict=strict) or redis_url,
             max_items=_int(env, "PAYOUTS_MAX_ITEMS", 10_000, minimum=1),
             max_amount_cents=_int(env, "PAYOUTS_MAX_AMOUNT_CENTS", 1_499_999, minimum=1),
             # 10,000 items x 372 B (largest valid item, json indent=2) = 3.72 MB, + 12 % headroom:
@@ -248,17 +374,14 @@ class Settings:
             # 2 x 500 greenlets ran a 2,000-item batch in two waves (docs/BENCHMARKS.md).
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1000, minimum=1),
             worker_processes=worker_processes,
-            provider_latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),
-            provider_permanent_failure_rate=_float(env, "PIX_SIM_PERMANENT_FAILURE_RATE", 0.0, 0, 1),
-            provider_transient_failure_rate=_float(env, "PIX_SIM_TRANSIENT_FAILURE_RATE", 0.0, 0, 1),
-            provider_seed=env.get("PIX_SIM_SEED") or None,
-            provider_ispb=ispb,
-            provider_settlement_timeout_s=settlement_timeout,
+            provider=provider,
+            simulator=simulator,
+            efi=efi,
             settle_time_limit_s=time_limit,
             sweep_interval_s=_int(env, "PAYOUTS_SWEEP_INTERVAL_S", 30, minimum=1),
             stall_after_s=stall,
             fault_crash_after_pay=env.get("PAYOUTS_FAULT_CRASH_AFTER_PAY") or "",
-            api_keys=_api_keys(env),
+            api_keys=_api_keys(env, strict),
             auth_disabled=_bool(env, "PAYOUTS_AUTH_DISABLED", False),
             environment=environment,
             log_level=log_level,

@@ -1,7 +1,7 @@
 """The PIX provider boundary: what a settlement needs from a bank, and its error types.
 
-`payouts_core.resources.get_provider()` picks the implementation; only the simulated one
-exists today.
+`payouts_core.resources.get_provider()` picks the implementation (PAYOUTS_PROVIDER): the
+simulator (`simulated.py`, the default) or Efí's Pix API (`efi.py`).
 """
 
 from __future__ import annotations

@@ -495,13 +495,14 @@ class SimulatedPixProvider(PixProvider):
 def build_provider(settings: Settings, client: redis.Redis, *,
                    sleep: Callable[[float], object] = time.sleep) -> SimulatedPixProvider:
     """The provider configured by `Settings` (PIX_SIM_* variables), on the given Redis client."""
+    sim = settings.simulator
     return SimulatedPixProvider(
         client,
-        ispb=settings.provider_ispb,
-        latency_ms=settings.provider_latency_ms,
-        permanent_failure_rate=settings.provider_permanent_failure_rate,
-        transient_failure_rate=settings.provider_transient_failure_rate,
-        seed=settings.provider_seed,
-        settlement_timeout_s=settings.provider_settlement_timeout_s,
+        ispb=sim.ispb,
+        latency_ms=sim.latency_ms,
+        permanent_failure_rate=sim.permanent_failure_rate,
+        transient_failure_rate=sim.transient_failure_rate,
+        seed=sim.seed,
+        settlement_timeout_s=sim.settlement_timeout_s,
         sleep=sleep,
     )
