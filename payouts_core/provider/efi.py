@@ -64,6 +64,8 @@ PENDING_POLLS_S = (0.5, 0.5, 1.0, 1.0, 2.0)
 TOKEN_REFRESH_MARGIN_S = 60.0  # refresh this long before `expires_in` ends (or at 1/10 of it)
 MAX_RETRY_AFTER_S = 60.0  # a larger Retry-After is read as this
 LIST_PAGE_SIZE = 1000
+# A send may take this part of the call's deadline: an unanswered one leaves time to look it up.
+SEND_SHARE = 2 / 3
 
 
 def id_envio(idempotency_key: str) -> str:
@@ -129,7 +131,7 @@ class EfiHttp:
         self.session.cert = settings.cert_file
         self.session.verify = settings.ca_file or True
         self.session.trust_env = False  # no proxy or netrc from the environment near credentials
-        self._token: tuple[str, float] | None = None  # (access token, monotonic expiry)
+        self._token: tuple[str, float, float] | None = None  # (token, expires at, refresh from)
         self._token_lock = threading.Lock()  # gevent's lock once the worker is patched
         self._not_before = 0.0  # a 429's Retry-After holds every greenlet of the process
         self.token_requests = 0
@@ -142,8 +144,7 @@ class EfiHttp:
         current = self._token
         now = self._clock()
         if current is not None and now < current[1]:
-            margin = min(TOKEN_REFRESH_MARGIN_S, (current[1] - now) / 10)
-            if now < current[1] - margin or not self._token_lock.acquire(blocking=False):
+            if now < current[2] or not self._token_lock.acquire(blocking=False):
                 return current[0]
             try:
                 if self._token is current:
@@ -180,17 +181,23 @@ class EfiHttp:
         token, expires_in = body.get("access_token"), body.get("expires_in")
         if not token or not isinstance(expires_in, int | float):
             raise TransientProviderError(NO_ANSWER, "token: answer without access_token/expires_in")
-        self._token = (str(token), started + float(expires_in))
+        lifetime = float(expires_in)
+        margin = min(TOKEN_REFRESH_MARGIN_S, lifetime / 10)
+        self._token = (str(token), started + lifetime, started + lifetime - margin)
 
     # -- requests -------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, deadline: float, **kwargs) -> requests.Response:
+    def request(self, method: str, path: str, deadline: float, *, share: float = 1.0,
+                **kwargs) -> requests.Response:
         """An authorised request. 401: one token refresh and one retry. 429: wait Retry-After
-        when it fits in the deadline (nothing was done, so asking again is safe), else answer it."""
+        when it fits in the deadline (nothing was done, so asking again is safe), else answer it.
+        `share`: the part of the remaining time the request itself may take (a send leaves room
+        for the lookup that follows an unanswered one)."""
         refreshed = False
         while True:
             token = self.token(deadline)
-            response = self._send(method, path, deadline,
+            now = self._clock()
+            response = self._send(method, path, now + (deadline - now) * share,
                                   headers={"Authorization": f"Bearer {token}"}, **kwargs)
             if response.status_code == 401 and not refreshed:
                 refreshed = True
@@ -274,7 +281,8 @@ class EfiPixProvider(PixProvider):
         body = {"valor": valor(amount_cents), "pagador": {"chave": self.settings.payer_key},
                 "favorecido": {"chave": pix_key}}
         try:
-            response = self.http.request("PUT", f"/v3/gn/pix/{ident}", deadline, json=body)
+            response = self.http.request("PUT", f"/v3/gn/pix/{ident}", deadline, share=SEND_SHARE,
+                                         json=body)
         except _NoAnswer as exc:
             return self._after_no_answer(ident, deadline, str(exc))
         status = response.status_code
