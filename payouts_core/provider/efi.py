@@ -86,10 +86,13 @@ def valor(amount_cents: int) -> str:
 
 
 def cents(value: str) -> int:
+    """Efí's `valor` as cents; -1 (never an item's amount, so reconciliation reports it) when
+    unreadable or finer than a cent."""
     try:
-        return int((Decimal(str(value)) * 100).to_integral_exact())
-    except (InvalidOperation, ValueError):
-        return -1  # an unreadable amount never equals an item's: reconciliation reports it
+        amount = Decimal(str(value)) * 100
+    except InvalidOperation:
+        return -1
+    return int(amount) if amount.is_finite() and amount == amount.to_integral_value() else -1
 
 
 def error_code(status: int, body: dict) -> tuple[str, str]:

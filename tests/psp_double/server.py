@@ -12,6 +12,7 @@ their own process read it directly (`transfers`, `puts`); workers reach it over 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import re
@@ -122,6 +123,7 @@ class PspDouble:
     _retry_after: str = "1"
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
+    _connections: set = field(default_factory=set)
 
     # -- controls -------------------------------------------------------------------------------
 
@@ -148,9 +150,13 @@ class PspDouble:
         return f"https://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self) -> None:
+        """Stop listening and cut the keep-alive connections still open (a PSP gone away)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        for connection in list(self._connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def expire_tokens(self) -> None:
         """Every token issued so far stops working (a token that expires mid-batch)."""
@@ -284,7 +290,12 @@ def _handler(double: PspDouble) -> type[BaseHTTPRequestHandler]:
         def setup(self):
             self.request.settimeout(30)
             self.request.do_handshake()  # a client without an accepted certificate stops here
+            double._connections.add(self.request)
             super().setup()
+
+        def finish(self):
+            double._connections.discard(self.request)
+            super().finish()
 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             pass
