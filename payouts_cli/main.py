@@ -206,13 +206,15 @@ def read_batch_file(path: str) -> bytes:
 
 @contextmanager
 def ledger_side():
-    """The store and the simulated provider on Redis, read directly (not through the API).
+    """The store on Redis and the configured provider (PAYOUTS_PROVIDER: the simulator's ledger on
+    Redis, or Efí's side through its adapter), read directly (not through the API).
 
     A short connect timeout, not the workers' minute of retries: a CLI should say Redis is down.
     """
     import redis
 
-    from payouts_core.provider.simulated import build_provider
+    from payouts_core.provider import TransientProviderError
+    from payouts_core.resources import build_provider
     from payouts_core.settings import SettingsError, get_settings
     from payouts_core.store import PayoutStore
 
@@ -225,6 +227,8 @@ def ledger_side():
         yield PayoutStore(client), build_provider(settings, client)
     except redis.RedisError as exc:
         raise CliError(f"cannot reach Redis at {redact_url(settings.store_url)} ({exc})") from None
+    except TransientProviderError as exc:
+        raise CliError(f"cannot read the provider's side ({exc})") from None
     finally:
         client.close()
 
@@ -348,7 +352,7 @@ def _transfer_client(transfer) -> str:
 @click.option("--limit", type=click.IntRange(min=1), help="Show only the N most recent transfers.")
 @client_option
 def ledger(as_json: bool, limit: int | None, client: str | None) -> None:
-    """Print the simulated PIX provider's ledger (read from Redis) for reconciliation."""
+    """Print the provider's ledger for reconciliation (the simulator's, or Efí's sent Pix)."""
     with ledger_side() as (_store, provider):
         transfers = [t for t in provider.transfers()
                      if client is None or _transfer_client(t) == client]

@@ -12,7 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from payouts_core.provider import PixProvider
-from payouts_core.settings import get_settings
+from payouts_core.settings import Settings, get_settings
 from payouts_core.store import PayoutStore
 
 
@@ -40,12 +40,16 @@ def get_store() -> PayoutStore:
 
 @lru_cache(maxsize=1)
 def get_provider() -> PixProvider:
-    """PAYOUTS_PROVIDER: the simulator (default) or Efí; one per process (Efí: one token, one pool)."""
-    settings = get_settings()
+    """One per process (for Efí: one token and one connection pool per worker process)."""
+    return build_provider(get_settings(), store_client())
+
+
+def build_provider(settings: Settings, client: redis.Redis) -> PixProvider:
+    """PAYOUTS_PROVIDER: the simulator (default) or Efí's Pix API, on this Redis client."""
     if settings.provider == "efi":
         from payouts_core.provider.efi import build_provider as build_efi
 
-        return build_efi(settings, store_client())
-    from payouts_core.provider.simulated import build_provider
+        return build_efi(settings, client)
+    from payouts_core.provider.simulated import build_provider as build_simulated
 
-    return build_provider(settings, store_client())
+    return build_simulated(settings, client)

@@ -24,8 +24,8 @@ def pem(tmp_path):
 
 @pytest.fixture
 def efi_env(pem):
-    return {"PAYOUTS_PROVIDER": "efi", "EFI_CLIENT_ID": "Client_Id_abc", "EFI_CLIENT_SECRET": "Client_Secret_xyz",
-            "EFI_CERT_FILE": pem, "EFI_PAYER_KEY": "payer@example.com", "PAYOUTS_ENV": "test"}
+    return {"PAYOUTS_PROVIDER": "efi", "EFI_CLIENT_ID": "Client_Id_abc",
+            "EFI_CLIENT_SECRET": "Client_Secret_xyz", "EFI_CERT_FILE": pem, "EFI_PAYER_KEY": "payer@example.com", "PAYOUTS_ENV": "test"}
 
 
 def secret_file(tmp_path, name: str, text: str, mode: int = 0o600) -> str:
@@ -92,8 +92,8 @@ def test_every_secret_may_come_from_a_file(tmp_path, efi_env):
     settings = Settings.from_env({**env, **files})
     assert settings.api_keys == (("a", key_digest("0123456789abcdef")), ("b", key_digest("fedcba9876543210")))
     assert settings.redis_url == "redis://:pw@cache:6380/2"  # one trailing newline dropped
-    assert (settings.broker_url, settings.result_backend, settings.store_url, settings.ratelimit_storage_uri) == \
-        ("amqp://u:pw@mq//", "redis://:pw@results/1", "redis://:pw@store/3", "redis://:pw@rl/4")
+    urls = (settings.broker_url, settings.result_backend, settings.store_url, settings.ratelimit_storage_uri)
+    assert urls == ("amqp://u:pw@mq//", "redis://:pw@results/1", "redis://:pw@store/3", "redis://:pw@rl/4")
     assert (settings.efi.client_id, settings.efi.client_secret) == ("Client_Id_file", "Client_Secret_file")
 
 
