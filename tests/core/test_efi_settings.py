@@ -25,7 +25,8 @@ def pem(tmp_path):
 @pytest.fixture
 def efi_env(pem):
     return {"PAYOUTS_PROVIDER": "efi", "EFI_CLIENT_ID": "Client_Id_abc",
-            "EFI_CLIENT_SECRET": "Client_Secret_xyz", "EFI_CERT_FILE": pem, "EFI_PAYER_KEY": "payer@example.com", "PAYOUTS_ENV": "test"}
+            "EFI_CLIENT_SECRET": "Client_Secret_xyz", "EFI_CERT_FILE": pem,
+            "EFI_PAYER_KEY": "payer@example.com", "PAYOUTS_ENV": "test"}
 
 
 def secret_file(tmp_path, name: str, text: str, mode: int = 0o600) -> str:
