@@ -31,6 +31,7 @@ import redis
 import requests
 from celery import chord
 
+from bench import efi as efi_scenario
 from bench.load import run_load
 from bench.processes import BenchStack
 from bench.profiling import Profiler
@@ -625,6 +626,7 @@ SCENARIOS = {
     "floor": Bench.floor,
     "hostile": Bench.hostile,
     "recovery": Bench.recovery,
+    "efi": efi_scenario.run,
 }
 # On request: hostile (issue 10) and recovery (issue 11, minutes of waiting for redelivery on Redis).
 DEFAULT_SCENARIOS = [name for name in SCENARIOS if name not in ("hostile", "recovery")]

@@ -17,7 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # --quick leaves out scale-4w (four more worker processes to start, for a speed it never judges).
 SCENARIO_ROWS = {"seed-profile", "zero-latency", "post-10k", "get", "get-load", "scale-1w", "scale-2w",
-                 "scale-zero-1w", "scale-zero-2w", "floor"}
+                 "scale-zero-1w", "scale-zero-2w", "floor",
+                 # issue 19: Efí's adapter against the PSP double, beside the simulator
+                 "efi-seed-sim", "efi-seed-profile", "efi-zero-sim", "efi-zero-latency", "efi-call-cpu"}
 TARGETS = 11  # issue 12's targets, each judged in the run
 
 

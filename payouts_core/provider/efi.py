@@ -280,19 +280,19 @@ class EfiPixProvider(PixProvider):
             pix_key: str) -> Transfer:
         deadline = self._clock() + self.settings.timeout_s
         ident = id_envio(idempotency_key)
-        self._remember(ident, idempotency_key, external_id, amount_cents)
+        meta = self._remember(ident, idempotency_key, external_id, amount_cents)
         body = {"valor": valor(amount_cents), "pagador": {"chave": self.settings.payer_key},
                 "favorecido": {"chave": pix_key}}
         try:
             response = self.http.request("PUT", f"/v3/gn/pix/{ident}", deadline, share=SEND_SHARE,
                                          json=body)
         except _NoAnswer as exc:
-            return self._after_no_answer(ident, deadline, str(exc))
+            return self._after_no_answer(ident, meta, deadline, str(exc))
         status = response.status_code
         if status in (200, 201):
-            return self._final(self._transfer(_body(response), ident), ident, deadline)
+            return self._final(self._transfer(_body(response), ident, meta), ident, meta, deadline)
         if status == 409:  # id_envio_duplicado: sent before (a redelivery); answer with it
-            return self._after_no_answer(ident, deadline, "idEnvio already used")
+            return self._after_no_answer(ident, meta, deadline, "idEnvio already used")
         code, reason = error_code(status, _body(response))
         if status == 429:
             raise TransientProviderError(RATE_LIMITED, reason)
@@ -300,17 +300,18 @@ class EfiPixProvider(PixProvider):
             raise TransientProviderError(UNAUTHORIZED, reason)
         if 400 <= status < 500:  # validation and refusals: nothing was sent
             raise PermanentProviderError(code, reason)
-        return self._after_no_answer(ident, deadline, f"HTTP {status} {reason}")
+        return self._after_no_answer(ident, meta, deadline, f"HTTP {status} {reason}")
 
     def lookup(self, idempotency_key: str) -> Transfer | None:
         """Efí's transfer under this key's idEnvio; None only on Efí's definite 404. When Efí
         cannot be asked, a pending transfer: unknown, so settle asks again (never a failure)."""
         ident = id_envio(idempotency_key)
         deadline = self._clock() + self.settings.timeout_s
+        meta = self._meta(ident)
         try:
-            return self._lookup(ident, deadline)
+            return self._lookup(ident, meta, deadline)
         except (_NoAnswer, TransientProviderError) as exc:
-            meta = self._meta(ident) or {}
+            meta = meta or {}
             return Transfer(idempotency_key=idempotency_key, external_id=meta.get("external_id", ""),
                             status="pending", amount_cents=meta.get("amount_cents", 0),
                             pix_key_masked="", created_at="", failure_code=NO_ANSWER,
@@ -346,17 +347,18 @@ class EfiPixProvider(PixProvider):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _remember(self, ident: str, key: str, external_id: str, amount_cents: int) -> None:
+    def _remember(self, ident: str, key: str, external_id: str, amount_cents: int) -> dict:
         """Record which key owns this idEnvio before sending it; another key owning it is a
         collision (see id_envio): refused, nothing sent."""
-        meta = json.dumps({"key": key, "external_id": external_id, "amount_cents": amount_cents})
+        meta = {"key": key, "external_id": external_id, "amount_cents": amount_cents}
         pipe = self._client.pipeline(transaction=False)
-        pipe.hsetnx(self._sent_key, ident, meta)
+        pipe.hsetnx(self._sent_key, ident, json.dumps(meta))
         pipe.hget(self._sent_key, ident)
         pipe.set(self._first_key, datetime.now(UTC).isoformat(), nx=True)
         _, stored, _ = pipe.execute()
         if json.loads(_text(stored))["key"] != key:
             raise PermanentProviderError(ID_ENVIO_COLLISION, "another payout owns this idEnvio")
+        return meta
 
     def _meta(self, ident: str) -> dict | None:
         return self._metas([ident])[0]
@@ -367,26 +369,26 @@ class EfiPixProvider(PixProvider):
         return [None if raw is None else json.loads(_text(raw))
                 for raw in self._client.hmget(self._sent_key, idents)]
 
-    def _lookup(self, ident: str, deadline: float) -> Transfer | None:
+    def _lookup(self, ident: str, meta: dict | None, deadline: float) -> Transfer | None:
         response = self.http.request("GET", f"/v2/gn/pix/enviados/id-envio/{ident}", deadline)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise TransientProviderError(NO_ANSWER, f"lookup: HTTP {response.status_code}")
-        return self._transfer(_body(response), ident)
+        return self._transfer(_body(response), ident, meta)
 
-    def _after_no_answer(self, ident: str, deadline: float, why: str) -> Transfer:
+    def _after_no_answer(self, ident: str, meta: dict, deadline: float, why: str) -> Transfer:
         """The send's outcome is unknown: ask Efí what it holds under the idEnvio."""
         try:
-            transfer = self._lookup(ident, deadline)
+            transfer = self._lookup(ident, meta, deadline)
         except (_NoAnswer, TransientProviderError):
             transfer = None
         if transfer is None:  # not (yet) there: settle sends the same idEnvio again, or looks up
             log.warning("efi send unanswered", extra={"id_envio": ident, "why": why})
             raise TransientProviderError(NO_ANSWER, f"no answer from the PSP ({why})")
-        return self._final(transfer, ident, deadline)
+        return self._final(transfer, ident, meta, deadline)
 
-    def _final(self, transfer: Transfer, ident: str, deadline: float) -> Transfer:
+    def _final(self, transfer: Transfer, ident: str, meta: dict, deadline: float) -> Transfer:
         """Settled: the transfer. Rejected: the PSP's reason. EM_PROCESSAMENTO: looked up until
         final while the call's deadline allows, then unknown (settle asks again)."""
         for wait in PENDING_POLLS_S:
@@ -394,7 +396,7 @@ class EfiPixProvider(PixProvider):
                 break
             self._sleep(wait)
             try:
-                transfer = self._lookup(ident, deadline) or transfer
+                transfer = self._lookup(ident, meta, deadline) or transfer
             except (_NoAnswer, TransientProviderError):
                 break
         if transfer.status == "settled":
@@ -404,8 +406,8 @@ class EfiPixProvider(PixProvider):
                                          transfer.failure_reason or "not sent by the PSP")
         raise TransientProviderError(PROCESSING, "accepted by the PSP, not final yet")
 
-    def _transfer(self, record: dict, ident: str, meta: dict | None = None) -> Transfer:
-        meta = meta if meta is not None else self._meta(ident)
+    def _transfer(self, record: dict, ident: str, meta: dict | None) -> Transfer:
+        """Efí's record as a Transfer; `meta` (our key for the idEnvio) None: not sent by us."""
         status = STATUSES.get(str(record.get("status")), "pending")
         code, reason = failure_of(record) if status == "rejected" else (None, None)
         favorecido = record.get("favorecido") or {}
