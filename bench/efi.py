@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.report import Row
+from bench.sampling import _cpu_seconds
 from payouts_core.provider.efi import EfiPixProvider
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.settings import EfiSettings
@@ -81,10 +82,15 @@ def run(bench) -> list[Row]:
 
 def _efi_batch(bench, scenario: str, env: dict, items: int, double: subprocess.Popen, note: str) -> Row:
     bench.stack.ensure_workers(env, bench.processes)
+    psp_cpu = _cpu_seconds([double.pid])
     with bench.measure(scenario) as sampler:
         run = bench.run_batch(scenario, items)
+    psp_cpu = _cpu_seconds([double.pid]) - psp_cpu
     row = bench.row(scenario, [run], sampler, [bench.worker_note(bench.processes), note])
-    row.extra["worker_processes"] = bench.processes
+    row.extra.update(worker_processes=bench.processes, psp_double_cpu_s=round(psp_cpu, 2))
+    # The double (Python threads, TLS) shares the machine's cores with the workers it answers.
+    row.notes.insert(-1, f"PSP double CPU {psp_cpu:.1f} s ({psp_cpu * 1000 / items:.1f} ms/item), "
+                         "counted in 'other'")
     return row
 
 
