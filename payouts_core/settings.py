@@ -220,7 +220,7 @@ class EfiSettings:
         base_url = (env.get("EFI_BASE_URL") or EFI_PRODUCTION_URL).rstrip("/")
         if urlsplit(base_url).scheme != "https":
             raise SettingsError(f"EFI_BASE_URL must be an https:// URL, got {base_url!r}")
-        cert_file = env["EFI_CERT_FILE"]
+        cert_file = env.get("EFI_CERT_FILE") or ""
         _check_secret_file("EFI_CERT_FILE", cert_file, strict)  # it holds the private key
         ca_file = env.get("EFI_CA_FILE") or None
         if ca_file:

@@ -46,8 +46,8 @@ def read(name: str) -> str:
 def settings_vars() -> set[str]:
     """Every variable settings.py reads: the quoted NAMES handed to env lookups."""
     source = read("payouts_core/settings.py")
-    return set(re.findall(r"""(?:env\.get\(|_(?:int|float|bool|range_ms)\(env,\s*)"([A-Z_]+)\"""",
-                          source))
+    lookup = r"""(?:env\.get\(|_(?:int|float|bool|range_ms)\(env,\s*|read_secret\(env,\s*)"([A-Z_]+)\""""
+    return set(re.findall(lookup, source))
 
 
 def procfile() -> dict[str, str]:
