@@ -130,7 +130,8 @@ def _api_keys(env: Mapping[str, str], strict: bool) -> tuple[tuple[str, str], ..
 
 # What may be given as NAME_FILE beside NAME: credentials, and URLs that may carry a password.
 SECRET_NAMES = ("PAYOUTS_API_KEYS", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
-                "PAYOUTS_STORE_URL", "RATELIMIT_STORAGE_URI", "EFI_CLIENT_ID", "EFI_CLIENT_SECRET")
+                "PAYOUTS_STORE_URL", "RATELIMIT_STORAGE_URI", "DATABASE_URL", "EFI_CLIENT_ID",
+                "EFI_CLIENT_SECRET")
 
 
 def read_secret(env: Mapping[str, str], name: str, *, strict: bool) -> str | None:
@@ -414,10 +415,12 @@ class LedgerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LedgerSettings:
+        strict = (env.get("PAYOUTS_ENV") or "production").lower() not in RELAXED_ENVIRONMENTS
         return cls(
             # No password by default: a deployment names its own (the schema check at start
             # refuses to run against a database that is missing or not migrated).
-            database_url=env.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/payouts",
+            database_url=read_secret(env, "DATABASE_URL", strict=strict)
+            or "postgresql://postgres@127.0.0.1:5432/payouts",
             # How long a completed batch stays in Redis (and only once the ledger holds all of it).
             retention_s=_int(env, "PAYOUTS_RETENTION_S", 7 * 86400, minimum=0),
             # Events not yet archived, past which new batches are refused (503): the ledger being

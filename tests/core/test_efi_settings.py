@@ -86,6 +86,7 @@ def test_every_secret_may_come_from_a_file(tmp_path, efi_env):
         "CELERY_RESULT_BACKEND_FILE": secret_file(tmp_path, "backend", "redis://:pw@results/1"),
         "PAYOUTS_STORE_URL_FILE": secret_file(tmp_path, "store", "redis://:pw@store/3"),
         "RATELIMIT_STORAGE_URI_FILE": secret_file(tmp_path, "rl", "redis://:pw@rl/4"),
+        "DATABASE_URL_FILE": secret_file(tmp_path, "db", "postgresql://payouts:pw@db:5432/payouts\n"),
         "EFI_CLIENT_ID_FILE": secret_file(tmp_path, "id", "Client_Id_file\n"),
         "EFI_CLIENT_SECRET_FILE": secret_file(tmp_path, "secret", "Client_Secret_file"),
     }
@@ -96,6 +97,7 @@ def test_every_secret_may_come_from_a_file(tmp_path, efi_env):
     urls = (settings.broker_url, settings.result_backend, settings.store_url, settings.ratelimit_storage_uri)
     assert urls == ("amqp://u:pw@mq//", "redis://:pw@results/1", "redis://:pw@store/3", "redis://:pw@rl/4")
     assert (settings.efi.client_id, settings.efi.client_secret) == ("Client_Id_file", "Client_Secret_file")
+    assert settings.ledger.database_url == "postgresql://payouts:pw@db:5432/payouts"
 
 
 def test_a_secret_given_twice_is_refused(tmp_path):
