@@ -136,3 +136,14 @@ def test_development_reads_a_world_readable_file(tmp_path):
     assert read_secret({"X_FILE": path}, "X", strict=False) == "a:0123456789abcdef"
     assert read_secret({"X": "plain"}, "X", strict=True) == "plain"
     assert read_secret({}, "X", strict=True) is None
+
+
+def test_the_configured_provider_is_built(efi_env, redis_client):
+    from payouts_core.provider.efi import EfiPixProvider
+    from payouts_core.provider.simulated import SimulatedPixProvider
+    from payouts_core.resources import build_provider
+
+    efi = build_provider(Settings.from_env({**efi_env, "WORKER_CONCURRENCY": "7"}), redis_client)
+    assert isinstance(efi, EfiPixProvider) and efi.final_deadline_s == 300.0
+    assert efi.http.session.get_adapter("https://x")._pool_maxsize == 7  # a connection per greenlet
+    assert isinstance(build_provider(Settings.from_env({}), redis_client), SimulatedPixProvider)
