@@ -123,7 +123,7 @@ def _call_cpu(bench, env: dict) -> Row:
                  "efi: PUT + one lookup per call (the double settles at once) over kept-alive mTLS"]
     row.problems = [f"{name}: {errors} calls failed" for name, (_, _, errors) in results.items() if errors]
     row.completed = not row.problems
-    efi.http.session.close()
+    efi.http.close()
     return row
 
 

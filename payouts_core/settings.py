@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import ssl
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,11 @@ class EfiSettings:
             raise SettingsError(f"EFI_BASE_URL must be an https:// URL, got {base_url!r}")
         cert_file = env.get("EFI_CERT_FILE") or ""
         _check_secret_file("EFI_CERT_FILE", cert_file, strict)  # it holds the private key
+        try:
+            ssl.create_default_context().load_cert_chain(cert_file)
+        except ssl.SSLError:
+            raise SettingsError(f"EFI_CERT_FILE: {cert_file!r} is not a PEM holding a certificate "
+                                "and its private key (openssl pkcs12 -in a.p12 -out a.pem -nodes)") from None
         ca_file = env.get("EFI_CA_FILE") or None
         if ca_file:
             _check_secret_file("EFI_CA_FILE", ca_file, strict=False)  # public certificates

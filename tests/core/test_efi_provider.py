@@ -60,7 +60,7 @@ def make_provider(settings, redis_client, uid):
 
     yield make
     for provider in made:
-        provider.http.session.close()
+        provider.http.close()
 
 
 @pytest.fixture

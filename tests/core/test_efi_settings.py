@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trustme
 
 from payouts_core.settings import (
     EFI_PRODUCTION_URL,
@@ -17,7 +18,7 @@ from payouts_core.settings import (
 @pytest.fixture
 def pem(tmp_path):
     path = tmp_path / "account.pem"
-    path.write_text("-----BEGIN CERTIFICATE-----\n...\n")
+    trustme.CA().issue_cert("account.test").private_key_and_cert_chain_pem.write_to_path(str(path))
     path.chmod(0o600)
     return str(path)
 
@@ -68,6 +69,7 @@ def test_efi_without_a_required_setting_is_refused_naming_it(efi_env, missing):
 @pytest.mark.parametrize(("name", "value"), [
     ("PAYOUTS_PROVIDER", "bank"), ("EFI_BASE_URL", "http://pix.api.efipay.com.br"),
     ("EFI_CERT_FILE", "/nonexistent/cert.pem"), ("EFI_CA_FILE", "/nonexistent/ca.pem"),
+    ("EFI_CERT_FILE", "/etc/hostname"),  # not a certificate and key
     ("EFI_TIMEOUT_S", "0"), ("EFI_CONNECT_TIMEOUT_S", "30"),  # above the 20 s call
     ("EFI_FINAL_DEADLINE_S", "5"),  # below the call's own deadline
     ("PAYOUTS_SETTLE_TIME_LIMIT_S", "20"),  # must exceed EFI_TIMEOUT_S
@@ -145,5 +147,5 @@ def test_the_configured_provider_is_built(efi_env, redis_client):
 
     efi = build_provider(Settings.from_env({**efi_env, "WORKER_CONCURRENCY": "7"}), redis_client)
     assert isinstance(efi, EfiPixProvider) and efi.final_deadline_s == 300.0
-    assert efi.http.session.get_adapter("https://x")._pool_maxsize == 7  # a connection per greenlet
+    assert efi.http.pool.pool.maxsize == 7  # a kept-alive connection per greenlet
     assert isinstance(build_provider(Settings.from_env({}), redis_client), SimulatedPixProvider)
