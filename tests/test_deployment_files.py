@@ -411,6 +411,16 @@ def test_procfile_flower_refuses_to_start_without_basic_auth(tmp_path):
     assert "argv: -A payouts_tasks flower --port=5555\n" in out and "auth: ops:s3cret" in out
 
 
+def test_procfile_flower_reads_its_login_from_a_file(tmp_path):
+    secret = tmp_path / "flower_auth"
+    secret.write_text("ops:from-file\n")
+    started = run_procfile_flower(tmp_path, FLOWER_BASIC_AUTH_FILE=str(secret))
+    assert started.returncode == 0, started.stderr
+    assert "auth: ops:from-file\n" in (tmp_path / "celery.out").read_text()
+    missing = run_procfile_flower(tmp_path, FLOWER_BASIC_AUTH_FILE=str(tmp_path / "missing"))
+    assert missing.returncode != 0
+
+
 @pytest.mark.parametrize("service", ["api", "flower"])
 def test_compose_publishes_on_loopback_by_default(service):
     ports = compose()["services"][service]["ports"]
