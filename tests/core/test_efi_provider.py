@@ -5,6 +5,8 @@ Every PSP answer the adapter can get, and what it makes of it (settled, rejected
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -311,3 +313,25 @@ def test_transfers_lists_efis_sent_pix_as_our_transfers(psp, efi, certs, uid):
     assert all(listed[t.idempotency_key] == t for t in paid)
     assert listed[idempotency_key("tests", f"l-nr-{uid}", 1)].status == "rejected"
     assert listed["efi:manual1"].external_id == "" and len(listed) == 5
+
+
+def test_a_slow_answer_within_the_deadline_is_waited_for(psp, efi, uid):
+    psp.slow_answer_s = 1.0  # the send may take two thirds of the 3 s call
+    key = f"payout:tests:slow-{uid}:1"
+    assert pay(efi, key, pix_key="slow@psp.test").status == "settled"
+    assert psp.puts[id_envio(key)] == 1
+
+
+def test_no_secret_and_no_full_pix_key_reaches_the_logs(psp, make_provider, uid, caplog):
+    caplog.set_level(logging.DEBUG)  # urllib3's request lines included
+    efi = make_provider(timeout_s=2.0)
+    psp.slow_s = 3.0
+    full_key = f"accept.timeout+{uid}@psp.test"
+    for pix_key in ("accept.500@psp.test", "flaky.500@psp.test", "nao.realizado@psp.test", full_key):
+        with contextlib.suppress(PermanentProviderError, TransientProviderError):
+            pay(efi, f"payout:tests:log-{pix_key}-{uid}:1", pix_key=pix_key)
+    psp.expire_tokens()
+    pay(efi, f"payout:tests:log2-{uid}:1", pix_key="ana.maria.souza@example.com")
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert caplog.records  # something was logged (the unanswered sends)
+    assert CLIENT_SECRET not in text and "ana.maria.souza@example.com" not in text and full_key not in text
