@@ -216,7 +216,7 @@ class EfiSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], strict: bool) -> EfiSettings:
         missing = [n for n in ("EFI_CLIENT_ID", "EFI_CLIENT_SECRET", "EFI_CERT_FILE", "EFI_PAYER_KEY")
-                   if not (env.get(n) or env.get(f"{n}_FILE"))]
+                   if not env.get(n) and not (n in SECRET_NAMES and env.get(f"{n}_FILE"))]
         if missing:
             raise SettingsError(f"PAYOUTS_PROVIDER=efi needs {', '.join(missing)}")
         base_url = (env.get("EFI_BASE_URL") or EFI_PRODUCTION_URL).rstrip("/")

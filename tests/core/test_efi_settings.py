@@ -7,6 +7,7 @@ import trustme
 
 from payouts_core.settings import (
     EFI_PRODUCTION_URL,
+    EFI_SANDBOX_URL,
     SECRET_NAMES,
     Settings,
     SettingsError,
@@ -52,6 +53,11 @@ def test_efi_settings_are_read_with_defaults(efi_env, pem):
         (EFI_PRODUCTION_URL, "Client_Id_abc", "Client_Secret_xyz", pem, None, "payer@example.com")
     assert (efi.connect_timeout_s, efi.timeout_s, efi.final_deadline_s) == (3.0, 20.0, 300.0)
     assert settings.provider_settlement_timeout_s == 20.0  # what settle plans its retries on
+
+
+def test_the_sandbox_url_is_accepted(efi_env):
+    settings = Settings.from_env({**efi_env, "EFI_BASE_URL": EFI_SANDBOX_URL + "/"})
+    assert settings.efi.base_url == "https://pix-h.api.efipay.com.br"
 
 
 def test_efi_credentials_never_appear_in_a_repr(efi_env):
