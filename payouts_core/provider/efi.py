@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ID_ENVIO_RE = re.compile(r"[a-zA-Z0-9]{1,35}")
 DEFAULT_PREFIX = "efi:"
 
 # Efí's send statuses -> Transfer.status. Anything else is read as pending: unknown, asked again.
@@ -122,7 +121,8 @@ class _NoAnswer(Exception):
 
 
 class EfiHttp:
-    """One pooled mTLS session and one OAuth token per process; every request within a deadline."""
+    """One mutual-TLS connection pool and one OAuth token per process; every request within a
+    deadline."""
 
     def __init__(self, settings: EfiSettings, pool_size: int, *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep):
@@ -184,7 +184,7 @@ class EfiHttp:
         response = self._send("POST", "/oauth/token", deadline, headers=self._basic,
                               body={"grant_type": "client_credentials"})
         if response.status != 200:
-            code, reason = error_code(response.status, _body(response))
+            _, reason = error_code(response.status, _body(response))
             raise TransientProviderError(UNAUTHORIZED if response.status in (400, 401, 403)
                                          else NO_ANSWER, f"token: HTTP {response.status} {reason}")
         body = _body(response)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from dataclasses import replace
@@ -83,6 +84,7 @@ def test_id_envio_is_the_keys_sha256_prefix_in_efis_alphabet():
     # another client's equal external_id, and a later claim generation, are other transfers
     assert id_envio("payout:other:ext-1:1") == "584ce55aa1ccb2deadcfb91c04062db5"
     assert id_envio("payout:tests:ext-1:2") == "e2ed8d6a2def415c2d5dbb142cb97764"
+    assert re.fullmatch(r"[a-zA-Z0-9]{1,35}", id_envio("payout:" + "x" * 10_000 + ":1"))
 
 
 def test_amounts_travel_as_efis_two_place_decimals():
