@@ -247,11 +247,19 @@ def _default_api_url() -> str:
               help="Base URL of the payouts API  [env PAYOUTS_API_URL; default http://127.0.0.1:8000]")
 @click.option("--api-key", envvar="PAYOUTS_API_KEY", metavar="KEY",
               help="Sent as 'Authorization: Bearer KEY'  [env PAYOUTS_API_KEY]")
+@click.option("--api-key-file", envvar="PAYOUTS_API_KEY_FILE", metavar="PATH",
+              type=click.Path(exists=True, dir_okay=False),
+              help="A file holding the key (Docker and Kubernetes secrets)  [env PAYOUTS_API_KEY_FILE]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds to wait for each HTTP answer.")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str | None, api_key: str | None, timeout: float) -> None:
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None, api_key_file: str | None,
+        timeout: float) -> None:
     """Submit PIX payout batches, follow them, and reconcile the provider ledger."""
+    if api_key and api_key_file:
+        raise click.UsageError("give the API key or a file holding it, not both")
+    if api_key_file:
+        api_key = Path(api_key_file).read_text().removesuffix("\n").removesuffix("\r")
     ctx.obj = {"api_url": api_url, "api_key": api_key, "timeout": timeout}
 
 

@@ -82,3 +82,20 @@ def test_brl():
 def test_field_errors_are_listed_with_their_paths():
     errors = [{"field": "items.3.pix_key", "message": "Not a valid PIX key."}]
     assert _error_lines(errors) == ["items.3.pix_key: Not a valid PIX key."]
+
+
+def test_the_api_key_may_come_from_a_file(batch_file, tmp_path):
+    from tests.webhook_receiver import Receiver
+
+    key_file = tmp_path / "api_key"
+    key_file.write_text("from-a-file-0123456789\n")
+    receiver = Receiver(script=[500]).start()
+    try:
+        CliRunner().invoke(cli, ["--api-url", receiver.url, "submit", str(batch_file)],
+                           env={"PAYOUTS_API_KEY_FILE": str(key_file), "PAYOUTS_API_KEY": None})
+    finally:
+        receiver.stop()
+    [request] = receiver.received
+    assert request.headers["Authorization"] == "Bearer from-a-file-0123456789"
+    both = CliRunner().invoke(cli, ["--api-key", "k", "--api-key-file", str(key_file), "status", "x"])
+    assert both.exit_code == 2 and "not both" in both.output
