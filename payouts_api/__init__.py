@@ -16,6 +16,7 @@ from payouts_api.problems import register_error_handlers
 from payouts_api.reports import bp as reports_bp
 from payouts_api.request_context import init_request_context
 from payouts_api.webhooks import bp as webhooks_bp
+from payouts_core.ledger.schema import check_schema_at_start
 from payouts_core.logs import configure_logging
 from payouts_core.settings import Settings, SettingsError, get_settings
 from payouts_core.store import PayoutStore
@@ -48,6 +49,9 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
                             "PAYOUTS_AUTH_DISABLED=true for local use only")
     if not app.testing:
         configure_logging(settings.log_level, settings.log_format)
+    if not check_schema_at_start(settings.ledger.database_url):  # SchemaOutdated: refuse to start
+        app.logger.warning("the ledger (DATABASE_URL) cannot be reached: starting anyway, its "
+                           "schema is checked by the archiver")
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
         settings.store_url, socket_timeout=5, socket_connect_timeout=2)

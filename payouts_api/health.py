@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import redis
 from flask import Blueprint, current_app, jsonify
 from kombu.exceptions import OperationalError
 
 from payouts_api.extensions import limiter
+from payouts_core.ledger.backlog import outbox_backlog
 from payouts_tasks import app as celery_app
 
 bp = Blueprint("health", __name__)
@@ -61,6 +63,7 @@ def _check_all(timeout: float) -> dict:
     checks = {"redis": _check_redis(), "broker": _check_broker(timeout)}
     checks["workers"] = _check_workers(timeout) if checks["broker"]["ok"] else \
         {"ok": False, "error": "broker unreachable"}
+    checks["ledger"] = _check_ledger(timeout)
     return checks
 
 
@@ -93,3 +96,35 @@ def _check_workers(timeout: float) -> dict:
             raise OperationalError("no worker answered")
         return {"first": next(iter(replies[0]))}
     return _timed(ping_workers)
+
+
+
+def _check_ledger(timeout: float) -> dict:
+    """The archive's backlog, and whether PostgreSQL answers. The API stays ready while the
+    ledger is down (settlement never waits on it, SPEC §10) until the backlog passes
+    PAYOUTS_OUTBOX_MAX, when new batches are refused (payouts_api.backpressure)."""
+    started = time.monotonic()
+    outbox_max = current_app.config["SETTINGS"].ledger.outbox_max
+    try:
+        backlog = outbox_backlog(current_app.extensions["payouts_store"].client)
+    except (redis.RedisError, OSError) as exc:
+        result = {"ok": False, "error": type(exc).__name__}
+    else:
+        result = {"ok": not backlog.full(outbox_max), "backlog": backlog.events,
+                  "oldest_s": backlog.oldest_s, "max": outbox_max,
+                  "database": _database_reachable(timeout)}
+        if not result["ok"]:
+            result["error"] = "backlog above PAYOUTS_OUTBOX_MAX: new batches are refused"
+    result["ms"] = round((time.monotonic() - started) * 1000, 1)
+    return result
+
+
+def _database_reachable(timeout: float) -> str:
+    """"reachable", or "unreachable (<error type>)": shown, never a reason to be unready."""
+    url = current_app.config["SETTINGS"].ledger.database_url
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, round(timeout))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "reachable"

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from payouts_core.ledger.backlog import outbox_backlog
 from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
 
@@ -85,6 +86,31 @@ class SettlementCollector(Collector):
                                 value=stats["open_batches"])
 
 
+class LedgerBacklogCollector(Collector):
+    """The archive's backlog, read from Redis at scrape time (global, like the totals above): the
+    outbox's length and its oldest event's age. An alert on the age finds a stopped archiver or
+    an unreachable PostgreSQL; the length approaching PAYOUTS_OUTBOX_MAX means new batches are
+    about to be refused."""
+
+    def __init__(self, store, outbox_max: int):
+        self.store, self.outbox_max = store, outbox_max
+
+    def collect(self):
+        try:
+            backlog = outbox_backlog(self.store.client)
+        except redis.RedisError:
+            return
+        yield GaugeMetricFamily("payouts_outbox_backlog_events",
+                                "Events in the outbox not yet archived in the ledger.",
+                                value=backlog.events)
+        yield GaugeMetricFamily("payouts_outbox_oldest_age_seconds",
+                                "Age of the oldest event not yet archived (0 when none waits).",
+                                value=backlog.oldest_s)
+        yield GaugeMetricFamily("payouts_outbox_max_events",
+                                "PAYOUTS_OUTBOX_MAX: past it, new batches are refused (503).",
+                                value=self.outbox_max)
+
+
 def _queue_depth() -> int:
     queue = celery_app.conf.task_default_queue
     with celery_app.connection_for_read() as conn:
@@ -104,5 +130,7 @@ def metrics():
         for collector in (HTTP_REQUESTS, HTTP_SECONDS, BATCHES_ACCEPTED, ITEMS_ACCEPTED):
             registry.register(collector)
     registry.register(SettlementCollector(current_app.extensions["payouts_store"]))
+    registry.register(LedgerBacklogCollector(current_app.extensions["payouts_store"],
+                                             current_app.config["SETTINGS"].ledger.outbox_max))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -7,6 +7,7 @@ import json
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow.experimental.context import Context
 
+from payouts_api.backpressure import refuse_new_batch_when_backlog_full
 from payouts_api.extensions import limiter
 from payouts_api.ledger import ledger
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
@@ -122,6 +123,7 @@ def submit_batch():
     store = current_app.extensions["payouts_store"]
     ref = BatchRef(g.client_name, batch["batch_id"])
     g.batch_id = ref.batch_id
+    refuse_new_batch_when_backlog_full(store, ref)
     try:
         created = accept_batch(store, ref, fingerprint(batch), orders)
     except BatchConflict:

@@ -9,12 +9,19 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
 from payouts_devstack.process import Process, StackError
+
+# `make run`'s private ledger when DATABASE_URL is unset: off 5432, so a system PostgreSQL there
+# (whose databases are not ours) is never mistaken for it.
+DEV_PORT = 54320
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 class PostgresUnavailable(StackError):
@@ -64,6 +71,20 @@ def _as_user(user: pwd.struct_passwd | None):
 
 def database_url(port: int, database: str = "payouts") -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+
+def local_postgres_port(url: str) -> int | None:
+    """The port to start a private PostgreSQL on for `url`, or None when the URL is not ours to
+    serve (another host, a password, or something already listening on that port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or parts.hostname not in LOCAL_HOSTS \
+            or parts.password:
+        return None
+    port = parts.port or 5432
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            return None  # a server is there (its database, or its password, is not this URL's)
+    return port
 
 
 def is_answering(url: str, timeout: float = 1.0) -> bool:

@@ -2,10 +2,12 @@
 
 import logging
 import math
+import sys
 
 from celery import Celery, Task
-from celery.signals import setup_logging, task_postrun, task_prerun
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 
+from payouts_core.ledger.schema import SchemaOutdated, check_schema_at_start
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
 
@@ -56,3 +58,23 @@ def _log_task_context(task_id=None, task=None, **_kwargs) -> None:
 @task_postrun.connect
 def _clear_task_context(**_kwargs) -> None:
     task_context_var.set(None)
+
+
+# The launcher (payouts-worker) does not restart a child that exits with this: only
+# `payouts db upgrade` can fix it.
+SCHEMA_OUTDATED_EXIT = 64
+
+
+@worker_init.connect
+def _refuse_outdated_ledger(**_kwargs) -> None:
+    """A worker against an older ledger schema would append events the archiver cannot write:
+    it refuses to start, naming the command. (Celery logs and swallows exceptions from signal
+    handlers, so this exits itself.)"""
+    try:
+        if not check_schema_at_start(get_settings().ledger.database_url):
+            logging.getLogger(__name__).warning(
+                "the ledger (DATABASE_URL) cannot be reached: starting anyway, the archiver checks "
+                "its schema")
+    except SchemaOutdated as exc:
+        print(f"worker refused to start: {exc}", file=sys.stderr, flush=True)
+        sys.exit(SCHEMA_OUTDATED_EXIT)

@@ -1,10 +1,14 @@
-"""`make run`: the API, the Celery workers (one process per core) and Flower under honcho (see
-Procfile), in the foreground with their output interleaved; the Redis start and the processes' env
-come from payouts_devstack.
+"""`make run`: the API, the Celery workers (one process per core), beat, the ledger's archiver and
+Flower under honcho (every Procfile line), in the foreground with their output interleaved; the
+Redis and PostgreSQL starts and the processes' env come from payouts_devstack.
 
 When nothing answers at REDIS_URL and it names this machine, a private redis-server is started
 on that port (data in var/redis) and stopped again on exit, so a machine with only Python can
-run the product. Settings come from the environment, then `.env` (which wins, as in honcho).
+run the product. The ledger likewise: with DATABASE_URL unset, a private PostgreSQL in
+var/postgres on port 54320 (never a system server's databases); with DATABASE_URL naming this
+machine without a password and nothing listening there, a private one on that port. Either way
+the ledger is migrated (`payouts db upgrade`) before anything starts.
+Settings come from the environment, then `.env` (which wins, as in honcho).
 What it starts runs as PAYOUTS_ENV=development unless that is set, with an API key and a Flower
 login generated for the run when none is configured.
 """
@@ -24,6 +28,14 @@ from honcho.environ import parse as parse_dotenv
 from payouts_cli.local_redis import redact_url
 from payouts_core.settings import Settings, SettingsError
 from payouts_devstack import RedisUnavailable, is_answering, process_env, start_redis
+from payouts_devstack.postgres_server import (
+    DEV_PORT,
+    PostgresUnavailable,
+    database_url,
+    local_postgres_port,
+    start_postgres,
+)
+from payouts_devstack.postgres_server import is_answering as postgres_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -87,6 +99,36 @@ def ensure_flower_login(env: dict[str, str]) -> None:
     say(f"Flower login for this run: user dev, password {password}")
 
 
+def start_ledger(env: dict[str, str]):
+    """The ledger at DATABASE_URL, a private PostgreSQL started for it when needed (returned, to
+    stop on exit; None when one answered already), migrated to this code's schema."""
+    from payouts_core.ledger.schema import upgrade  # noqa: PLC0415 - needs the URL decided first
+
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = database_url(DEV_PORT)
+    url = env["DATABASE_URL"]
+    proc = None
+    if not postgres_answers(url):
+        port = local_postgres_port(url)
+        if port is None:
+            raise PostgresUnavailable(
+                f"nothing answers at DATABASE_URL={redact_url(url)}; start that PostgreSQL or point "
+                "DATABASE_URL at one (unset: a private one in var/postgres)")
+        proc = start_postgres(port, ROOT / "var" / "postgres",
+                              database=urlsplit(url).path.lstrip("/") or "payouts")
+        say(f"no PostgreSQL answered at {redact_url(url)}: started one on port {port} "
+            f"(pid {proc.pid}, data in var/postgres); it stops when this does")
+    try:
+        before, after = upgrade(url)
+    except Exception:
+        if proc is not None:
+            proc.stop(grace=15)
+        raise
+    say(f"ledger schema {'already at ' + after if before == after else f'{before} -> {after}'} "
+        "(payouts db upgrade)")
+    return proc
+
+
 def main() -> int:
     env = load_env()
     env["PAYOUTS_ENV"] = env.get("PAYOUTS_ENV") or "development"
@@ -118,6 +160,14 @@ def main() -> int:
             return 1
         say(f"no Redis answered at {settings.redis_url}: started redis-server on port {port} "
             f"(pid {redis_proc.pid}, data in var/redis); it stops when this does")
+    postgres_proc = None
+    try:
+        postgres_proc = start_ledger(env)
+    except Exception as exc:  # PostgresUnavailable, a failed migration: say why, stop Redis
+        say(f"ledger: {exc}")
+        if redis_proc is not None:
+            redis_proc.stop(grace=15)
+        return 1
 
     say(f"API http://127.0.0.1:{env['PORT']} (docs at /docs), "
         f"Flower http://127.0.0.1:{env.get('FLOWER_PORT') or 5555}; Ctrl-C stops everything")
@@ -127,6 +177,9 @@ def main() -> int:
     try:
         return run_honcho(env)
     finally:
+        if postgres_proc is not None:
+            say("stopping the local PostgreSQL")
+            postgres_proc.stop(grace=15)
         if redis_proc is not None:
             say("stopping the local redis-server")
             redis_proc.stop(grace=15)

@@ -60,3 +60,15 @@ def check_schema(url: str) -> None:
         raise SchemaOutdated(
             f"the ledger database is at schema {current or 'none'}, this code needs {head}: "
             f"run `{UPGRADE_COMMAND}`")
+
+
+def check_schema_at_start(url: str) -> bool:
+    """The API's and the workers' start: raise SchemaOutdated for an older schema, so a deploy
+    that skipped `payouts db upgrade` stops at once, saying so. A ledger that cannot be reached
+    returns False instead: settlement never waits on PostgreSQL (SPEC §10), and the archiver
+    checks again before it writes."""
+    try:
+        check_schema(url)
+    except psycopg.OperationalError:
+        return False
+    return True

@@ -86,7 +86,7 @@ def test_readyz_sees_redis_broker_and_a_worker(client):
     assert response.status_code == 200, body
     assert body["status"] == "ready"
     assert "@" in body["checks"]["workers"]["first"]  # the hostname of the worker that answered
-    assert {"redis", "broker", "workers"} == set(body["checks"])
+    assert {"redis", "broker", "workers", "ledger"} == set(body["checks"])
 
 
 def test_readyz_is_503_when_redis_is_unreachable(make_app):
