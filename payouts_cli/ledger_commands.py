@@ -59,6 +59,7 @@ def archiver() -> None:
     from prometheus_client import start_http_server
 
     from payouts_core.ledger.archiver import Archiver
+    from payouts_core.ledger.faults import archiver_redis
     from payouts_core.ledger.schema import SchemaOutdated, check_schema
     from payouts_core.logs import configure_logging
     from payouts_core.resources import store_client
@@ -76,5 +77,6 @@ def archiver() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     log.info("archiver started", extra={"database": redact_url(settings.ledger.database_url)})
-    Archiver(store_client(), settings.ledger.database_url).run(stop=lambda: bool(stopping))
+    Archiver(archiver_redis(store_client(), settings), settings.ledger.database_url) \
+        .run(stop=lambda: bool(stopping))
     log.info("archiver stopped")

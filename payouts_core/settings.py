@@ -418,6 +418,7 @@ class LedgerSettings:
     retention_s: int
     outbox_max: int
     archiver_metrics_port: int
+    fault_crash_after_commit: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LedgerSettings:
@@ -433,6 +434,8 @@ class LedgerSettings:
             # down delays the archive and never settlement, and the backlog stays bounded.
             outbox_max=_int(env, "PAYOUTS_OUTBOX_MAX", 1_000_000, minimum=1000),
             archiver_metrics_port=_int(env, "PAYOUTS_ARCHIVER_METRICS_PORT", 9809),
+            # Fault suite only: the archiver dies once between its commit and the XDEL.
+            fault_crash_after_commit=_bool(env, "PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT", False),
         )
 
 
@@ -451,6 +454,9 @@ def refuse_unsafe(settings: Settings) -> None:
     if settings.fault_crash_after_pay:
         raise SettingsError(f"PAYOUTS_FAULT_CRASH_AFTER_PAY is {why}: any client could kill workers "
                             "by choosing external_ids")
+    if settings.ledger.fault_crash_after_commit:
+        raise SettingsError(f"PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT is {why}: it kills the "
+                            "archiver on purpose")
     example = {key_digest(key) for key in EXAMPLE_API_KEYS}
     for name, digest in settings.api_keys:
         if digest in example:

@@ -32,9 +32,12 @@ BIN = Path(sys.executable).parent
 # ${NAME}, ${NAME:-default} (group 2: the default) or ${NAME:?message} (required: group 3).
 VAR_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*)|:?\?([^}]*))?\}")
 # Variables only docker-compose.yml reads (not the code, not the Procfile).
-COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "PUBLISH_ADDR"}
-# The images' own variables (read by redis-server, redis-cli and rabbitmq-server, not the code).
-IMAGE_SERVICES = ("redis", "rabbitmq")
+COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "PUBLISH_ADDR"}
+# The images' own variables (read by redis-server, redis-cli, rabbitmq-server and postgres, not
+# the code).
+IMAGE_SERVICES = ("redis", "rabbitmq", "postgres")
+# What production requires (the ledger's URL): the settings' other defaults apply around it.
+LEDGER = {"DATABASE_URL": "postgresql://payouts@postgres:5432/payouts"}
 SECRET_NAME = re.compile(r"PASSWORD|BASIC_AUTH|SECRET|API_KEYS?$")
 DOTENV_LINE = re.compile(r"^#?\s*([A-Z_][A-Z0-9_]*)=", re.MULTILINE)
 
@@ -100,7 +103,7 @@ def test_env_example_names_only_known_variables():
 
 def test_env_example_values_are_the_defaults():
     values = parse_dotenv(read(".env.example"))
-    assert Settings.from_env(values) == Settings.from_env({})
+    assert Settings.from_env({**values, **LEDGER}) == Settings.from_env(LEDGER)
     for cmd in procfile().values():
         for m in VAR_REF.finditer(cmd):
             assert values.get(m.group(1)) == m.group(2), m.group(1)  # required ones: no value
@@ -108,15 +111,16 @@ def test_env_example_values_are_the_defaults():
 
 # --- Procfile -------------------------------------------------------------------------------------
 
-def test_procfile_runs_api_worker_beat_and_flower():
+def test_procfile_runs_api_worker_beat_archiver_and_flower():
     processes = procfile()
-    assert set(processes) == {"api", "worker", "beat", "flower"}
+    assert set(processes) == {"api", "worker", "beat", "archiver", "flower"}
+    assert with_defaults(processes["archiver"]) == ["payouts", "archiver"]
     assert "payouts_api:create_app()" in with_defaults(processes["api"])
     assert with_defaults(processes["worker"])[0] == "payouts-worker"
     assert with_defaults(processes["flower"])[:4] == ["celery", "-A", "payouts_tasks", "flower"]
 
 
-@pytest.mark.parametrize("process", ["api", "worker", "beat", "flower"])
+@pytest.mark.parametrize("process", ["api", "worker", "beat", "archiver", "flower"])
 def test_procfile_executables_are_in_the_venv(process):
     executable = with_defaults(procfile()[process])[0]
     assert (BIN / executable).exists(), f"{executable} not installed in {BIN}"
@@ -213,7 +217,8 @@ def test_procfile_processes_find_the_apps():
 
 def test_compose_services():
     services = compose()["services"]
-    assert {"redis", "rabbitmq", "api", "worker", "beat", "flower"} <= set(services)
+    assert {"redis", "rabbitmq", "postgres", "migrate", "api", "worker", "beat", "archiver",
+            "flower"} <= set(services)
 
 
 def test_compose_redis_is_durable_and_never_evicts():
@@ -228,7 +233,7 @@ def test_compose_redis_is_durable_and_never_evicts():
     assert volume in doc["volumes"]
 
 
-@pytest.mark.parametrize("service", ["api", "worker", "beat", "flower"])
+@pytest.mark.parametrize("service", ["api", "worker", "beat", "archiver", "flower"])
 def test_compose_app_services_share_the_image_and_wait_for_redis_and_rabbitmq(service):
     spec = compose()["services"][service]
     assert spec["build"] == "."
@@ -256,12 +261,78 @@ def test_compose_rabbitmq_is_durable_healthchecked_and_keeps_its_node_name():
     assert rabbitmq["command"][2].rstrip().endswith("exec docker-entrypoint.sh rabbitmq-server")
 
 
+# --- the ledger (issue 18): PostgreSQL, its migration, the archiver ----------------------------------
+
+def payouts_command(argv: list[str]):
+    """The click command `payouts ARGV...` names (the console script the image installs)."""
+    import importlib
+
+    module, _, attr = console_scripts()[argv[0]].partition(":")
+    command = getattr(importlib.import_module(module), attr)
+    for word in argv[1:]:
+        command = command.commands[word]
+    return command
+
+
+def test_compose_postgres_is_durable_healthchecked_and_has_no_default_password():
+    doc = compose()
+    postgres = doc["services"]["postgres"]
+    assert postgres["image"] == "postgres:15"
+    env = postgres["environment"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", env["POSTGRES_PASSWORD"])
+    volume, path = postgres["volumes"][0].split(":")
+    assert volume in doc["volumes"] and path == "/var/lib/postgresql/data"
+    check = postgres["healthcheck"]["test"]
+    assert check == ["CMD-SHELL", f"pg_isready -U {env['POSTGRES_USER']} -d {env['POSTGRES_DB']}"]
+    assert "ports" not in postgres
+
+
+def test_compose_migrates_once_before_the_service_starts():
+    services = compose()["services"]
+    migrate = services["migrate"]
+    assert with_defaults(migrate["command"]) == ["payouts", "db", "upgrade"]
+    assert payouts_command(["payouts", "db", "upgrade"]).name == "upgrade"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["restart"] == "no"  # one shot: it exits 0 when the schema is current
+    for name in ("api", "worker", "beat", "archiver", "flower"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("service", ["migrate", "api", "worker", "beat", "archiver"])
+def test_compose_processes_reach_the_ledger_as_the_postgres_service_defines_it(service):
+    postgres = compose()["services"]["postgres"]["environment"]
+    url = compose()["services"][service]["environment"]["DATABASE_URL"]
+    assert url == (f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
+                   f"@postgres:5432/{postgres['POSTGRES_DB']}")
+    assert "DATABASE_URL" in settings_vars()
+
+
+def test_compose_archiver_runs_the_procfile_command():
+    command = with_defaults(compose()["services"]["archiver"]["command"])
+    assert command == with_defaults(procfile()["archiver"]) == ["payouts", "archiver"]
+    assert payouts_command(command).name == "archiver"
+    assert "ports" not in compose()["services"]["archiver"]  # its metrics port stays inside
+
+
+def test_dockerfile_ships_the_migrations():
+    """`payouts db upgrade` in the image reads them as package data of payouts_core."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read_string(read("setup.cfg"))
+    data = config["options.package_data"]["payouts_core"]
+    assert "ledger/migrations/versions/*.py" in data and "ledger/migrations/*.py" in data
+    assert "COPY payouts_core ./payouts_core" in read("Dockerfile")
+    assert list((ROOT / "payouts_core/ledger/migrations/versions").glob("0001_*.py"))
+
+
 def celery_config(env: dict[str, str]) -> dict:
     """celeryconfig.py's broker choices as a process with `env` loads them."""
     code = ("import json, celeryconfig as c; print(json.dumps({k: getattr(c, k, None) for k in "
             "('broker_url', 'task_default_queue_type', 'task_default_exchange_type', "
             "'broker_transport_options', 'worker_prefetch_multiplier', 'broker_heartbeat')}))")
-    done = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ.get("PATH", ""), **env},
+    done = subprocess.run([sys.executable, "-c", code],
+                          env={"PATH": os.environ.get("PATH", ""), **LEDGER, **env},
                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
     return json.loads(done.stdout)
 
@@ -278,7 +349,7 @@ def test_compose_broker_url_selects_the_rabbitmq_configuration():
 def test_redis_broker_keeps_the_bounded_visibility_timeout():
     conf = celery_config({"REDIS_URL": "redis://localhost:6379/0"})
     assert conf["task_default_queue_type"] is None
-    visibility = Settings.from_env({}).visibility_timeout_s
+    visibility = Settings.from_env(LEDGER).visibility_timeout_s
     assert conf["broker_transport_options"]["visibility_timeout"] == visibility == 70
 
 
@@ -336,7 +407,7 @@ DEPLOY_FILES = ("Procfile", "docker-compose.yml", ".env.example", "Dockerfile")
 
 
 def test_settings_default_to_production():
-    assert Settings.from_env({}).environment == "production"
+    assert Settings.from_env(LEDGER).environment == "production"
     assert "# PAYOUTS_ENV=production" in read(".env.example").splitlines()
 
 
@@ -346,7 +417,7 @@ def test_example_key_of_env_example_is_refused_in_production():
     pairs = line.partition("=")[2]
     assert {pair.partition(":")[2] for pair in pairs.split(",")} <= set(EXAMPLE_API_KEYS)
     with pytest.raises(SettingsError, match="PAYOUTS_API_KEYS"):
-        Settings.from_env({"PAYOUTS_API_KEYS": pairs})
+        Settings.from_env({"PAYOUTS_API_KEYS": pairs, **LEDGER})
 
 
 @pytest.mark.parametrize("name", DEPLOY_FILES)

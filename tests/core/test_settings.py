@@ -128,3 +128,23 @@ def test_worker_processes_are_read_and_bounded():
     for bad in ("0", "-1", "two", str(MAX_WORKER_PROCESSES + 1)):
         with pytest.raises(SettingsError, match="WORKER_PROCESSES"):
             Settings.from_env({"WORKER_PROCESSES": bad})
+
+
+# --- the archiver's fault hook (issue 18) ----------------------------------------------------------
+
+ARCHIVER_FAULT = {"PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT": "true",
+                  "DATABASE_URL": "postgresql://payouts@db/payouts"}
+
+
+def test_production_refuses_the_archiver_fault_hook():
+    with pytest.raises(SettingsError, match="PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT") as refused:
+        Settings.from_env(ARCHIVER_FAULT)
+    assert "PAYOUTS_ENV=production" in str(refused.value)
+    assert not Settings.from_env({**ARCHIVER_FAULT, "PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT": ""}) \
+        .ledger.fault_crash_after_commit
+
+
+@pytest.mark.parametrize("environment", ["development", "test"])
+def test_development_and_test_accept_the_archiver_fault_hook(environment):
+    settings = Settings.from_env({**ARCHIVER_FAULT, "PAYOUTS_ENV": environment})
+    assert settings.ledger.fault_crash_after_commit is True
