@@ -99,9 +99,10 @@ def ensure_flower_login(env: dict[str, str]) -> None:
     say(f"Flower login for this run: user dev, password {password}")
 
 
-def start_ledger(env: dict[str, str]):
-    """The ledger at DATABASE_URL, a private PostgreSQL started for it when needed (returned, to
-    stop on exit; None when one answered already), migrated to this code's schema."""
+def start_ledger(env: dict[str, str], data_dir: Path = ROOT / "var" / "postgres"):
+    """The ledger at DATABASE_URL, a private PostgreSQL started for it when needed (data in
+    `data_dir`; returned, to stop on exit; None when one answered already), migrated to this
+    code's schema."""
     from payouts_core.ledger.schema import upgrade  # noqa: PLC0415 - needs the URL decided first
 
     if not env.get("DATABASE_URL"):
@@ -114,18 +115,18 @@ def start_ledger(env: dict[str, str]):
             raise PostgresUnavailable(
                 f"nothing answers at DATABASE_URL={redact_url(url)}; start that PostgreSQL or point "
                 "DATABASE_URL at one (unset: a private one in var/postgres)")
-        proc = start_postgres(port, ROOT / "var" / "postgres",
+        proc = start_postgres(port, data_dir,
                               database=urlsplit(url).path.lstrip("/") or "payouts")
         say(f"no PostgreSQL answered at {redact_url(url)}: started one on port {port} "
-            f"(pid {proc.pid}, data in var/postgres); it stops when this does")
+            f"(pid {proc.pid}, data in {data_dir}); it stops when this does")
     try:
         before, after = upgrade(url)
     except Exception:
         if proc is not None:
             proc.stop(grace=15)
         raise
-    say(f"ledger schema {'already at ' + after if before == after else f'{before} -> {after}'} "
-        "(payouts db upgrade)")
+    change = f"already at {after}" if before == after else f"{before or 'none'} -> {after}"
+    say(f"ledger schema {change} (payouts db upgrade)")
     return proc
 
 
