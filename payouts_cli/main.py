@@ -387,16 +387,31 @@ def ledger(as_json: bool, limit: int | None, client: str | None) -> None:
 @cli.command()
 @click.argument("batch_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the discrepancies as JSON.")
+@click.option("--ledger/--no-ledger", "with_ledger", default=True, show_default=True,
+              help="Also compare the ledger (PostgreSQL at DATABASE_URL) with Redis.")
+@click.option("--archive-wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the archiver to take what Redis holds before comparing.")
 @client_option
-def reconcile(batch_id: str | None, as_json: bool, client: str | None) -> None:
-    """Compare reports with the provider ledger; exit 1 when anything disagrees."""
+def reconcile(batch_id: str | None, as_json: bool, with_ledger: bool, archive_wait: float,
+              client: str | None) -> None:
+    """Compare Redis reports, the provider's transfers and the ledger; exit 1 when anything
+    disagrees (an archive that lags is waited for, not reported)."""
+    import psycopg
+
+    from payouts_core.reconcile import LedgerCheck
     from payouts_core.reconcile import reconcile as find_discrepancies
+    from payouts_core.settings import get_settings
 
     with ledger_side() as (store, provider):
+        ledger = LedgerCheck(get_settings().ledger.database_url, archive_wait) if with_ledger else None
         try:
-            found = find_discrepancies(store, provider, batch_id, client=client)
+            found = find_discrepancies(store, provider, batch_id, client=client, ledger=ledger)
         except KeyError:
             raise CliError(f"unknown batch {batch_id!r}") from None
+        except psycopg.OperationalError as exc:
+            raise CliError(f"cannot reach the ledger at {redact_url(ledger.database_url)} "
+                           f"({type(exc).__name__}); --no-ledger compares Redis and the provider "
+                           "only") from None
     if as_json:
         print_json([d.as_dict() for d in found])
     else:

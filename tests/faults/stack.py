@@ -19,7 +19,7 @@ import redis
 import requests
 
 from payouts_core.provider.simulated import SimulatedPixProvider
-from payouts_core.reconcile import reconcile
+from payouts_core.reconcile import LedgerCheck, reconcile
 from payouts_core.store import BatchRef, PayoutStore
 from payouts_devstack import Process, StackError
 from payouts_devstack import Stack as DevStack
@@ -125,7 +125,8 @@ class Stack(DevStack):
     def assert_exactly_once(self, batch_ids: list[str], timeout: float = 120) -> list[dict]:
         """Every batch completed; ledger and reports agree (reconcile, in-process and via CLI)."""
         reports = self.wait_completed(batch_ids, timeout)
-        assert reconcile(self.store, self.provider) == []
+        ledger = LedgerCheck(self.env["DATABASE_URL"]) if self.postgres is not None else None
+        assert reconcile(self.store, self.provider, ledger=ledger) == []
         settled = [t for t in self.provider.transfers() if t.status == "settled"]
         by_external_id: dict[str, int] = {}
         for transfer in settled:
@@ -133,7 +134,9 @@ class Stack(DevStack):
         assert all(n == 1 for n in by_external_id.values())
         paid = {d["e2e_id"] for r in reports for d in r["details"] if d["status"] == "paid"}
         assert paid <= {t.e2e_id for t in settled}
-        cli = subprocess.run(["payouts", "reconcile", "--json"], env=self.env,
+        # Three-way (the ledger too) when this stack runs its own PostgreSQL and archiver.
+        ledger = ["--ledger"] if self.postgres is not None else ["--no-ledger"]
+        cli = subprocess.run(["payouts", "reconcile", "--json", *ledger], env=self.env,
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert json.loads(cli.stdout) == []
