@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import click
 
@@ -56,6 +57,7 @@ def db_status() -> None:
 @click.command()
 def archiver() -> None:
     """Copy the outbox's events into the ledger, until SIGTERM (one active per deployment)."""
+    import psycopg
     from prometheus_client import start_http_server
 
     from payouts_core.ledger.archiver import Archiver
@@ -67,15 +69,25 @@ def archiver() -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("payouts.archiver")
-    try:
-        check_schema(settings.ledger.database_url)
-    except SchemaOutdated as exc:
-        raise click.ClickException(str(exc)) from None
-    if settings.ledger.archiver_metrics_port:
-        start_http_server(settings.ledger.archiver_metrics_port, addr=settings.worker_metrics_addr)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    # PostgreSQL down at start is an outage like any other (the backlog waits in the outbox), not
+    # a reason to exit: honcho would stop every process with it. An older schema is.
+    backoff = 0.5
+    while not stopping:
+        try:
+            check_schema(settings.ledger.database_url)
+            break
+        except SchemaOutdated as exc:
+            raise click.ClickException(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            log.warning("archiver: PostgreSQL unavailable at start; retrying in %.1f s", backoff,
+                        extra={"error": type(exc).__name__})
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+    if settings.ledger.archiver_metrics_port:
+        start_http_server(settings.ledger.archiver_metrics_port, addr=settings.worker_metrics_addr)
     log.info("archiver started", extra={"database": redact_url(settings.ledger.database_url)})
     Archiver(archiver_redis(store_client(), settings), settings.ledger.database_url) \
         .run(stop=lambda: bool(stopping))
