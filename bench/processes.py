@@ -1,5 +1,6 @@
-"""The processes a benchmark run owns: a payouts_devstack.Stack (its Redis, the API and workers
-from the Procfile) measured as deployed, with nothing inherited from the caller's shell."""
+"""The processes a benchmark run owns: a payouts_devstack.Stack (its Redis and PostgreSQL, the API,
+workers and archiver from the Procfile) measured as deployed, with nothing inherited from the
+caller's shell."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from payouts_core.settings import Settings
 from payouts_devstack import Process, Stack
 from payouts_devstack.stack import WORKER_FLAGS
 
@@ -19,7 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Inherited settings that would make the run depend on the caller's shell; the harness sets its own.
 _PRODUCT_ENV = re.compile(
-    r"^(PAYOUTS_|PIX_SIM_|CELERY_|RATELIMIT_|REDIS_URL$|WORKER_CONCURRENCY$|WORKER_PROCESSES$|PORT$)")
+    r"^(PAYOUTS_|PIX_SIM_|CELERY_|RATELIMIT_|REDIS_URL$|DATABASE_URL$|WORKER_CONCURRENCY$"
+    r"|WORKER_PROCESSES$|PORT$)")
+
+
+def product_defaults() -> Settings:
+    """The product's default settings (production requires a DATABASE_URL; its value changes
+    no other default)."""
+    return Settings.from_env({"DATABASE_URL": "postgresql://defaults@127.0.0.1/defaults"})
 
 
 def default_worker_processes() -> int:

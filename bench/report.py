@@ -243,6 +243,20 @@ def evaluate_targets(rows: list[Row]) -> list[dict]:
         "no API measured" if api_rss is None else f"max {api_rss / MB:,.0f} MB ({where})",
         None if api_rss is None else api_rss / MB, None if api_rss is None else api_rss <= 200 * MB)
 
+    for profile in ("zero", "seed"):  # issue 18: the ledger costs settlement at most 10 %
+        on = _find(rows, f"ledger-on-{profile}")
+        ratio = on.extra.get("ledger_ratio") if on else None
+        add(f"ledger-{profile}: archiver running >= 0.9x the rate with it stopped (same run)",
+            f"ledger-off-{profile}, ledger-on-{profile}",
+            "-" if on is None else "no result" if ratio is None else f"{ratio:.2f}x", ratio,
+            judged(on, ratio, lambda v: v >= 0.9))
+    on = _find(rows, "ledger-on-zero")
+    lag = on.extra.get("archive_lag_p99_le_s") if on else None
+    add("archive lag p99 <= 5 s while settling at the zero-latency rate", "ledger-on-zero",
+        "-" if on is None else "no result" if lag is None else
+        f"p99 <= {lag} s (histogram bucket); oldest unarchived event at most "
+        f"{on.extra.get('oldest_age_max_s', 0):.1f} s old", lag, judged(on, lag, lambda v: v <= 5))
+
     failed = [r.scenario for r in rows if not r.completed]
     batches = sum(r.batches for r in rows)
     add("no chord left incomplete", "every row",

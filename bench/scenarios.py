@@ -32,15 +32,15 @@ import requests
 from celery import chord
 
 from bench import efi as efi_scenario
+from bench.ledger import ledger
 from bench.load import run_load
-from bench.processes import BenchStack
+from bench.processes import BenchStack, product_defaults
 from bench.profiling import Profiler
 from bench.redis_ops import RedisOpsMeter
 from bench.report import Row
 from bench.sampling import Sampler
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
-from payouts_core.settings import Settings
 from payouts_core.store import PayoutStore
 
 POLL_S = 0.1
@@ -532,7 +532,7 @@ class Bench:
         run.counts, found = check_report(report, items)
         run.problems.extend(found)
         store = PayoutStore(redis.Redis.from_url(self.stack.redis_url, decode_responses=True))
-        provider = SimulatedPixProvider(store.client, ispb=Settings.from_env({}).simulator.ispb)
+        provider = SimulatedPixProvider(store.client, ispb=product_defaults().simulator.ispb)
         problems = [f"reconcile: {p}" for p in reconcile(store, provider)]
         broker = "RabbitMQ (quorum)" if self.stack.vhost else "Redis"
         row = self.row("recovery", [run], sampler, [
@@ -582,7 +582,7 @@ class Bench:
 
     def hostile(self) -> list[Row]:
         """POST bodies that must be refused (issue 10): seconds per request and per MB refused."""
-        defaults = Settings.from_env({})  # the harness drops PAYOUTS_*: the API runs the defaults
+        defaults = product_defaults()  # the harness drops PAYOUTS_*: the API runs the defaults
         url = f"{self.stack.api_url}/api/payouts"
         keys_before = sum(1 for _ in self.redis.scan_iter("payouts:*", count=1000))
         rows = []
@@ -627,6 +627,7 @@ SCENARIOS = {
     "hostile": Bench.hostile,
     "recovery": Bench.recovery,
     "efi": efi_scenario.run,
+    "ledger": ledger,
 }
 # On request: hostile (issue 10) and recovery (issue 11, minutes of waiting for redelivery on Redis).
 DEFAULT_SCENARIOS = [name for name in SCENARIOS if name not in ("hostile", "recovery")]

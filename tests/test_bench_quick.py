@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_ROWS = {"seed-profile", "zero-latency", "post-10k", "get", "get-load", "scale-1w", "scale-2w",
                  "scale-zero-1w", "scale-zero-2w", "floor",
                  # issue 19: Efí's adapter against the PSP double, beside the simulator
-                 "efi-seed-sim", "efi-seed-profile", "efi-zero-sim", "efi-zero-latency", "efi-call-cpu"}
-TARGETS = 11  # issue 12's targets, each judged in the run
+                 "efi-seed-sim", "efi-seed-profile", "efi-zero-sim", "efi-zero-latency", "efi-call-cpu",
+                 # issue 18: the ledger's archiver stopped and running
+                 "ledger-off-zero", "ledger-on-zero", "ledger-off-seed", "ledger-on-seed"}
+TARGETS = 14  # issue 12's 11 targets and issue 18's 3, each judged in the run
 
 
 @pytest.mark.timeout(300)
