@@ -166,3 +166,18 @@ def test_redis_restarted_with_a_backlog_in_the_outbox(make_stack):
 
     [report] = assert_ledger_exactly_once(stack, ["backlog"])
     assert report["successful"] == 300
+
+
+def test_the_service_starts_while_postgres_is_down_and_the_archive_catches_up(make_stack):
+    stack = make_stack()
+    stack.start_postgres()
+    stack.stop_postgres()
+    stack.start_service()  # the API and the worker start: settlement never waits on the ledger
+    archiver = stack.start_archiver()  # waits for PostgreSQL instead of exiting
+    assert stack.post("pg-down", items("pd", 100)).status_code == 202
+    stack.wait_completed(["pg-down"])
+    archiver.check_alive()
+    assert stack.client.xlen(OUTBOX) > 0
+
+    stack.start_postgres_again()
+    assert_ledger_exactly_once(stack, ["pg-down"])
