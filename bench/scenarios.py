@@ -275,8 +275,11 @@ class Bench:
         """Sample RSS/CPU of the API, workers and Redis (and py-spy them with --profile), and
         count the Redis commands and Redis CPU of the window (`sampler.redis_ops`, filled at exit)."""
         def roles() -> dict[str, list[int]]:
+            # The ledger's processes: the archiver (when running), PostgreSQL with its backends.
+            archiver = [p.pid for p in self.stack.processes if p.name == "archiver" and p.poll() is None]
+            postgres = [self.stack.postgres.pid] if self.stack.postgres is not None else []
             return {"api": [self.stack.api.pid], "worker": [w.pid for w in self.stack.workers],
-                    "redis": [self.stack.redis.pid]}
+                    "redis": [self.stack.redis.pid], "archiver": archiver, "postgres": postgres}
 
         with Sampler(roles) as sampler, RedisOpsMeter(self.stack.redis_url) as meter, \
                 self.profiler.record(scenario, roles()):
@@ -337,7 +340,7 @@ class Bench:
         if sampler.redis_ops is not None:
             row.extra["redis_ops"] = sampler.redis_ops.per_unit(sum(r.items for r in runs))
         cpu = sampler.usage.cpu_s
-        roles = ("api", "worker", "redis", "bench", "other")
+        roles = ("api", "worker", "redis", "archiver", "postgres", "bench", "other")
         row.notes.append("CPU % of a core: " + " ".join(f"{k} {cpu[k + '_pct']}" for k in roles))
         self.rows.append(row)
         return row
