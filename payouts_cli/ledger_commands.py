@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import time
@@ -72,6 +73,10 @@ def archiver() -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    if settings.ledger.archiver_metrics_port:
+        # Registered now, so a scrape before the first archived event already shows them (at 0).
+        importlib.import_module("payouts_core.ledger.metrics")
+        start_http_server(settings.ledger.archiver_metrics_port, addr=settings.worker_metrics_addr)
     # PostgreSQL down at start is an outage like any other (the backlog waits in the outbox), not
     # a reason to exit: honcho would stop every process with it. An older schema is.
     backoff = 0.5
@@ -86,8 +91,6 @@ def archiver() -> None:
                         extra={"error": type(exc).__name__})
             time.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
-    if settings.ledger.archiver_metrics_port:
-        start_http_server(settings.ledger.archiver_metrics_port, addr=settings.worker_metrics_addr)
     log.info("archiver started", extra={"database": redact_url(settings.ledger.database_url)})
     Archiver(archiver_redis(store_client(), settings), settings.ledger.database_url) \
         .run(stop=lambda: bool(stopping))

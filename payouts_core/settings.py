@@ -433,7 +433,8 @@ class LedgerSettings:
             # Events not yet archived, past which new batches are refused (503): the ledger being
             # down delays the archive and never settlement, and the backlog stays bounded.
             outbox_max=_int(env, "PAYOUTS_OUTBOX_MAX", 1_000_000, minimum=1000),
-            archiver_metrics_port=_int(env, "PAYOUTS_ARCHIVER_METRICS_PORT", 9809),
+            # Below the workers': worker process i of payouts-worker serves on 9808 + i - 1.
+            archiver_metrics_port=_int(env, "PAYOUTS_ARCHIVER_METRICS_PORT", 9807),
             # Fault suite only: the archiver dies once between its commit and the XDEL.
             fault_crash_after_commit=_bool(env, "PAYOUTS_FAULT_ARCHIVER_CRASH_AFTER_COMMIT", False),
         )

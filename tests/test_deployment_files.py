@@ -546,3 +546,12 @@ def test_compose_redis_command_runs_with_the_password_from_stdin(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_archivers_metrics_port_is_not_a_workers():
+    """`make run` runs the archiver beside WORKER_PROCESSES workers serving on 9808 + i - 1."""
+    from payouts_core.settings import MAX_WORKER_PROCESSES
+
+    settings = Settings.from_env(LEDGER)
+    workers = range(settings.worker_metrics_port, settings.worker_metrics_port + MAX_WORKER_PROCESSES)
+    assert settings.ledger.archiver_metrics_port not in workers

@@ -30,3 +30,12 @@ def test_a_worker_refuses_an_older_schema(tmp_path, unmigrated_url, processes):
         log = worker.log_path.read_text()
     assert code == 64, log
     assert "payouts db upgrade" in log
+
+
+def test_the_archiver_refuses_an_older_schema(tmp_path, unmigrated_url):
+    with Stack(tmp_path) as stack:
+        archiver = stack.start_archiver(env={"DATABASE_URL": unmigrated_url})
+        code = archiver.wait(timeout=60)
+        log = archiver.log_path.read_text()
+    assert code == 1, log
+    assert "payouts db upgrade" in log
