@@ -19,7 +19,7 @@ from payouts_core.ledger.archiver import Archiver
 from payouts_core.ledger.schema import upgrade
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import LedgerCheck, reconcile
-from payouts_core.store import OUTBOX, BatchRef, PayoutStore, batch_keys
+from payouts_core.store import OUTBOX, BatchRef, PayoutStore
 from payouts_devstack import free_port, start_redis
 from tests.core.test_reconcile import settle_directly
 
@@ -181,11 +181,11 @@ def test_a_stuck_archive_is_reported_behind_not_as_missing_rows(store, provider,
 
 
 def test_a_batch_only_the_ledger_holds_is_checked_against_the_provider(
-        store, provider, archive, check, ledger_db, own_redis, uid):
+        store, provider, archive, check, ledger_db, uid):
     batch_id = settled(store, provider, archive, uid, "retired", ["a", "b"])
-    for key in batch_keys(BatchRef(CLIENT, batch_id)):  # as retention does, once archived
-        own_redis.delete(key)
-    own_redis.zrem("payouts:batches", BatchRef(CLIENT, batch_id).member)
+    ref = BatchRef(CLIENT, batch_id)
+    assert store.retire(ref, store.retention_facts(ref)["events"])  # the retention step
+    assert not store.batch_exists(ref)
     assert reconcile(store, provider, batch_id, ledger=check) == []
 
     execute(ledger_db, """UPDATE items SET e2e_id = 'E00000000202601010000AAAAAAAAAAA'
