@@ -48,12 +48,17 @@ class Archive:
             self.stack.stop([self.proc])
             self.proc = None
 
-    def drain(self, timeout: float = 600) -> None:
-        """Archive what earlier rows left in the outbox, so a row measures only its own batch."""
+    def drain(self, timeout: float = 600) -> bool:
+        """Archive what earlier rows left in the outbox, so a row measures only its own batch;
+        False when the archiver (or PostgreSQL) did not manage it in time."""
         self.start()
+        self.proc.check_alive()
         deadline = time.monotonic() + timeout
-        while self.bench.redis.xlen(OUTBOX) and time.monotonic() < deadline:
+        while self.bench.redis.xlen(OUTBOX):
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.2)
+        return True
 
     def lag_buckets(self) -> dict[float, float]:
         """Cumulative counts of payouts_archive_lag_seconds by upper bound."""
@@ -152,7 +157,10 @@ def ledger(bench) -> list[Row]:
             with _oldest_age_sampler(bench.redis) as ages:
                 on = (bench.zero_latency(f"ledger-on-{profile}", items=bench.sizes.zero_items)
                       if profile == "zero" else bench.seed_profile(f"ledger-on-{profile}"))
-                archive.drain()  # the lag of the row's last events counts too
+                drained = archive.drain()  # the lag of the row's last events counts too
+            if not drained:
+                on.problems.append("the archiver did not drain the outbox within 600 s")
+                on.completed = False
             p99 = _p99_bound(before, archive.lag_buckets())
             ratio = on.items_per_s / off.items_per_s if on.items_per_s and off.items_per_s else None
             on.extra.update(ledger_ratio=ratio and round(ratio, 3), archive_lag_p99_le_s=p99,
