@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.processes import ROOT, BenchStack, default_worker_processes, product_defaults
+from bench.processes import ROOT, BenchStack, default_worker_processes
 from bench.profiling import Profiler
 from bench.report import (
     code_state,
@@ -32,6 +32,7 @@ from bench.report import (
     write_json,
 )
 from bench.scenarios import DEFAULT_SCENARIOS, FULL, QUICK, SCENARIOS, Bench
+from payouts_core.settings import Settings
 from payouts_devstack import StackError
 
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
                         help="the Celery broker: the run's own Redis (default), or a vhost of its own "
                              "on the local RabbitMQ (quorum queues); Redis stays the result backend")
-    parser.add_argument("--concurrency", type=int, default=product_defaults().worker_concurrency,
+    parser.add_argument("--concurrency", type=int, default=Settings.from_env({}).worker_concurrency,
                         help="WORKER_CONCURRENCY of each worker (default: the product's default)")
     parser.add_argument("--worker-processes", type=int, default=default_worker_processes(), metavar="N",
                         help="worker processes of the product rows, each started on its own with "
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     worker_processes=args.worker_processes) as stack:
         try:
             stack.start_redis()
-            stack.start_postgres()  # the ledger: production requires DATABASE_URL
+            stack.start_postgres()  # the ledger, which the API and workers check at start
             if args.broker == "rabbitmq":
                 stack.use_rabbitmq()
             stack.start_api()

@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from payouts_core.settings import Settings
 from payouts_devstack import Process, Stack
 from payouts_devstack.stack import WORKER_FLAGS
 
@@ -23,12 +22,6 @@ BIN = Path(sys.executable).parent
 _PRODUCT_ENV = re.compile(
     r"^(PAYOUTS_|PIX_SIM_|CELERY_|RATELIMIT_|REDIS_URL$|DATABASE_URL$|WORKER_CONCURRENCY$"
     r"|WORKER_PROCESSES$|PORT$)")
-
-
-def product_defaults() -> Settings:
-    """The product's default settings (production requires a DATABASE_URL; its value changes
-    no other default)."""
-    return Settings.from_env({"DATABASE_URL": "postgresql://defaults@127.0.0.1/defaults"})
 
 
 def default_worker_processes() -> int:

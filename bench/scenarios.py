@@ -34,13 +34,14 @@ from celery import chord
 from bench import efi as efi_scenario
 from bench.ledger import ledger
 from bench.load import run_load
-from bench.processes import BenchStack, product_defaults
+from bench.processes import BenchStack
 from bench.profiling import Profiler
 from bench.redis_ops import RedisOpsMeter
 from bench.report import Row
 from bench.sampling import Sampler
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
+from payouts_core.settings import Settings
 from payouts_core.store import PayoutStore
 
 POLL_S = 0.1
@@ -535,7 +536,7 @@ class Bench:
         run.counts, found = check_report(report, items)
         run.problems.extend(found)
         store = PayoutStore(redis.Redis.from_url(self.stack.redis_url, decode_responses=True))
-        provider = SimulatedPixProvider(store.client, ispb=product_defaults().simulator.ispb)
+        provider = SimulatedPixProvider(store.client, ispb=Settings.from_env({}).simulator.ispb)
         problems = [f"reconcile: {p}" for p in reconcile(store, provider)]
         broker = "RabbitMQ (quorum)" if self.stack.vhost else "Redis"
         row = self.row("recovery", [run], sampler, [
@@ -585,7 +586,7 @@ class Bench:
 
     def hostile(self) -> list[Row]:
         """POST bodies that must be refused (issue 10): seconds per request and per MB refused."""
-        defaults = product_defaults()  # the harness drops PAYOUTS_*: the API runs the defaults
+        defaults = Settings.from_env({})  # the harness drops PAYOUTS_*: the API runs the defaults
         url = f"{self.stack.api_url}/api/payouts"
         keys_before = sum(1 for _ in self.redis.scan_iter("payouts:*", count=1000))
         rows = []

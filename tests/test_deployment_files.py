@@ -36,8 +36,6 @@ COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "PUB
 # The images' own variables (read by redis-server, redis-cli, rabbitmq-server and postgres, not
 # the code).
 IMAGE_SERVICES = ("redis", "rabbitmq", "postgres")
-# What production requires (the ledger's URL): the settings' other defaults apply around it.
-LEDGER = {"DATABASE_URL": "postgresql://payouts@postgres:5432/payouts"}
 SECRET_NAME = re.compile(r"PASSWORD|BASIC_AUTH|SECRET|API_KEYS?$")
 DOTENV_LINE = re.compile(r"^#?\s*([A-Z_][A-Z0-9_]*)=", re.MULTILINE)
 
@@ -103,7 +101,7 @@ def test_env_example_names_only_known_variables():
 
 def test_env_example_values_are_the_defaults():
     values = parse_dotenv(read(".env.example"))
-    assert Settings.from_env({**values, **LEDGER}) == Settings.from_env(LEDGER)
+    assert Settings.from_env(values) == Settings.from_env({})
     for cmd in procfile().values():
         for m in VAR_REF.finditer(cmd):
             assert values.get(m.group(1)) == m.group(2), m.group(1)  # required ones: no value
@@ -332,7 +330,7 @@ def celery_config(env: dict[str, str]) -> dict:
             "('broker_url', 'task_default_queue_type', 'task_default_exchange_type', "
             "'broker_transport_options', 'worker_prefetch_multiplier', 'broker_heartbeat')}))")
     done = subprocess.run([sys.executable, "-c", code],
-                          env={"PATH": os.environ.get("PATH", ""), **LEDGER, **env},
+                          env={"PATH": os.environ.get("PATH", ""), **env},
                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
     return json.loads(done.stdout)
 
@@ -349,7 +347,7 @@ def test_compose_broker_url_selects_the_rabbitmq_configuration():
 def test_redis_broker_keeps_the_bounded_visibility_timeout():
     conf = celery_config({"REDIS_URL": "redis://localhost:6379/0"})
     assert conf["task_default_queue_type"] is None
-    visibility = Settings.from_env(LEDGER).visibility_timeout_s
+    visibility = Settings.from_env({}).visibility_timeout_s
     assert conf["broker_transport_options"]["visibility_timeout"] == visibility == 70
 
 
@@ -407,7 +405,7 @@ DEPLOY_FILES = ("Procfile", "docker-compose.yml", ".env.example", "Dockerfile")
 
 
 def test_settings_default_to_production():
-    assert Settings.from_env(LEDGER).environment == "production"
+    assert Settings.from_env({}).environment == "production"
     assert "# PAYOUTS_ENV=production" in read(".env.example").splitlines()
 
 
@@ -417,7 +415,7 @@ def test_example_key_of_env_example_is_refused_in_production():
     pairs = line.partition("=")[2]
     assert {pair.partition(":")[2] for pair in pairs.split(",")} <= set(EXAMPLE_API_KEYS)
     with pytest.raises(SettingsError, match="PAYOUTS_API_KEYS"):
-        Settings.from_env({"PAYOUTS_API_KEYS": pairs, **LEDGER})
+        Settings.from_env({"PAYOUTS_API_KEYS": pairs})
 
 
 @pytest.mark.parametrize("name", DEPLOY_FILES)
@@ -552,6 +550,6 @@ def test_the_archivers_metrics_port_is_not_a_workers():
     """`make run` runs the archiver beside WORKER_PROCESSES workers serving on 9808 + i - 1."""
     from payouts_core.settings import MAX_WORKER_PROCESSES
 
-    settings = Settings.from_env(LEDGER)
+    settings = Settings.from_env({})
     workers = range(settings.worker_metrics_port, settings.worker_metrics_port + MAX_WORKER_PROCESSES)
     assert settings.ledger.archiver_metrics_port not in workers
