@@ -138,6 +138,8 @@ def test_a_new_batch_is_refused_past_the_limit_and_nothing_is_written(ledger_app
     assert_problem(other, 503)
     assert written(own_redis) == before
     assert full.get(f"/api/payouts/b-{uid}").status_code == 404
+    documented = full.get("/openapi.json").get_json()["paths"]["/api/payouts"]["post"]["responses"]
+    assert "Retry-After" in documented["503"]["headers"]
     own_redis.delete(OUTBOX)
 
 
