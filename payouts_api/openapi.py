@@ -149,8 +149,7 @@ def build_openapi(max_items: int, max_amount_cents: int) -> dict:
             "409": _problem("batch_id already names a different payload."),
             **common,
             "503": _problem("Redis or the broker is down, or the ledger's archive backlog is over "
-                            "PAYOUTS_OUTBOX_MAX (then with Retry-After); nothing was accepted.",
-                            retry_after=True),
+                            "PAYOUTS_OUTBOX_MAX; nothing was accepted."),
         },
     }
     spec.path(path="/api/payouts", operations={"post": submit})
