@@ -15,7 +15,7 @@ from payouts_core.store import BatchRef, PayoutStore
 def refuse_new_batch_when_backlog_full(store: PayoutStore, ref: BatchRef) -> None:
     outbox_max = current_app.config["SETTINGS"].ledger.outbox_max
     backlog = outbox_backlog(store.client)
-    if backlog.full(outbox_max) and not store.batch_exists(ref):
+    if backlog.full(outbox_max) and not store.batch_id_taken(ref):
         raise Problem(503, "Service unavailable",
                       f"the ledger archive is behind ({backlog.events} events waiting, the limit is "
                       f"{outbox_max}); new batches are refused until it catches up (the archiver "

@@ -174,6 +174,11 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def retired_batches_key(client: str) -> str:
+    """The client's batches retired to the ledger: batch_id -> fingerprint (one payload forever)."""
+    return f"{PREFIX}client:{encode_id(client)}:retired"
+
+
 def client_batches_key(client: str) -> str:
     """The client's batch history: encoded batch_id -> creation time in ms."""
     return f"{PREFIX}client:{encode_id(client)}:batches"
@@ -278,8 +283,9 @@ class PayoutStore:
             while True:
                 try:
                     pipe.watch(batch_key, items_key, orders_key)
-                    found, state, others = self._existing(keys=[batch_key, items_key, orders_key],
-                                                          client=pipe)
+                    found, state, others = self._existing(
+                        keys=[batch_key, items_key, orders_key, retired_batches_key(ref.client)],
+                        args=[ref.batch_id], client=pipe)
                     if found is not None:
                         pipe.unwatch()
                         if _s(found) != payload_fingerprint:
@@ -324,7 +330,15 @@ class PayoutStore:
                     continue
 
     def batch_exists(self, ref: BatchRef) -> bool:
+        """The batch is in Redis (live, or completed within its retention)."""
         return bool(self.client.exists(batch_keys(ref)[0]))
+
+    def batch_id_taken(self, ref: BatchRef) -> bool:
+        """The batch_id names a payload already: in Redis, or retired to the ledger."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.exists(batch_keys(ref)[0])
+            pipe.hexists(retired_batches_key(ref.client), ref.batch_id)
+            return any(pipe.execute())
 
     def conflicting_claims(self, client: str, orders: Sequence[Order]) -> list[tuple[int, str]]:
         """Items whose external_id is paid or in flight (in another batch) with other terms.
@@ -538,8 +552,10 @@ class PayoutStore:
             if self._retire_claims(keys=[batch_key, orders_key],
                                    args=[events, ref.batch_id, first, last]) == -1:
                 return False
-        keys = [*batch_keys(ref), ALL_BATCHES, client_batches_key(ref.client), COMPLETED_BATCHES]
-        return bool(self._retire(keys=keys, args=[events, ref.member, encode_id(ref.batch_id)]))
+        keys = [*batch_keys(ref), ALL_BATCHES, client_batches_key(ref.client), COMPLETED_BATCHES,
+                retired_batches_key(ref.client)]
+        return bool(self._retire(keys=keys, args=[events, ref.member, encode_id(ref.batch_id),
+                                                  ref.batch_id]))
 
     def try_sweep_lock(self, ttl_s: int) -> bool:
         """Take the sweeper's lock (expires by itself if the sweeper dies)."""

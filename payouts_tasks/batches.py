@@ -79,7 +79,7 @@ def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
     left `accepting` (its message lost) is published by a replay or the sweeper once the
     publishing lease expires.
     """
-    if not store.batch_exists(ref):
+    if not store.batch_id_taken(ref):
         conflicts = store.conflicting_claims(ref.client, orders)
         if conflicts:
             raise ExternalIdReused(conflicts)

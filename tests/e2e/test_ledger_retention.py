@@ -87,3 +87,22 @@ def test_a_submission_racing_the_retirement_always_sees_the_claim(client, store,
     retirer.join()
     assert report is not None and report["successful"] == len(ids)
     assert len(store.conflicting_claims("tests", reuse)) == len(ids)  # after: archived claims
+
+
+def test_a_retired_batch_id_still_names_its_payload(client, store, ledger_url, uid):
+    """Posted again after it left Redis: the same payload is a replay (200, the ledger's report,
+    nothing enqueued), another payload a 409, for this client; another client's is its own."""
+    items = [item(f"n-{uid}")]
+    old = settle_and_retire(client, store, ledger_url, f"named-{uid}", items)
+
+    replay = client.post("/api/payouts", json={"batch_id": f"named-{uid}", "items": items})
+    other_payload = client.post("/api/payouts", json={"batch_id": f"named-{uid}",
+                                                      "items": [item(f"other-{uid}")]})
+    assert replay.status_code == 200
+    assert replay.get_json()["details"] == old["details"]
+    assert other_payload.status_code == 409
+    assert not store.batch_exists(BatchRef("tests", f"named-{uid}"))  # nothing written again
+    # Another client may use the same batch_id: its own namespace (a new batch, paid).
+    theirs = client.post("/api/payouts", json={"batch_id": f"named-{uid}", "items": items},
+                         headers={"Authorization": "Bearer other-key-0123456789"})
+    assert theirs.status_code == 202
