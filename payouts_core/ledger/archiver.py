@@ -26,6 +26,9 @@ from payouts_core.store import OUTBOX, PREFIX, BatchRef, batch_keys
 log = logging.getLogger(__name__)
 
 LEASE_KEY = PREFIX + "archiver:lease"
+# Entries the ledger refused on their own (undecodable, or a row a constraint rejects): set
+# aside with the error, alerted on, never silently dropped and never blocking the others.
+DEAD_LETTERS = PREFIX + "outbox:dead"
 FINAL_DETAIL = ("e2e_id", "failure_reason", "duplicate_of")
 
 _RENEW = """
@@ -92,7 +95,25 @@ class Archiver:
         entries = self.redis.xrange(OUTBOX, count=self.batch_size)
         if not entries:
             return 0
-        events = [Event.decode(entry_id, fields) for entry_id, fields in entries]
+        try:
+            events = [Event.decode(entry_id, fields) for entry_id, fields in entries]
+            self._commit(events)
+        except (psycopg.OperationalError, redis.ConnectionError):
+            raise
+        except Exception:  # one bad entry must not stop the archive: find it, set it aside
+            log.exception("archiver: a pass failed; archiving its entries one by one")
+            events = self._one_by_one(entries)
+        # Only now: the events are committed. A crash before this line replays them (no-ops).
+        if events:
+            self.redis.xdel(OUTBOX, *(e.entry_id for e in events))
+        now_ms = time.time() * 1000
+        from payouts_core.ledger.metrics import ARCHIVE_LAG, ARCHIVED  # noqa: PLC0415
+        for event in events:
+            ARCHIVE_LAG.observe(max(0.0, now_ms - event.at_ms) / 1000)
+        ARCHIVED.inc(len(events))
+        return len(events)
+
+    def _commit(self, events: list[Event]) -> None:
         conn = self.connection()
         try:
             with conn.transaction():
@@ -100,14 +121,29 @@ class Archiver:
         except psycopg.OperationalError:
             self.close()
             raise
-        # Only now: the events are committed. A crash before this line replays them (no-ops).
-        self.redis.xdel(OUTBOX, *(e.entry_id for e in events))
-        now_ms = time.time() * 1000
-        from payouts_core.ledger.metrics import ARCHIVE_LAG, ARCHIVED  # noqa: PLC0415
-        for event in events:
-            ARCHIVE_LAG.observe(max(0.0, now_ms - event.at_ms) / 1000)
-        ARCHIVED.inc(len(events))
-        return len(events)
+
+    def _one_by_one(self, entries: list) -> list[Event]:
+        """Archive entries one at a time; move each that fails alone to the dead letters."""
+        from payouts_core.ledger.metrics import DEAD_LETTERED  # noqa: PLC0415
+
+        archived = []
+        for entry_id, fields in entries:
+            try:
+                event = Event.decode(entry_id, fields)
+                self._commit([event])
+                archived.append(event)
+            except (psycopg.OperationalError, redis.ConnectionError):
+                raise
+            except Exception as exc:
+                log.critical("archiver: outbox entry refused by the ledger; set aside in %s",
+                             DEAD_LETTERS, extra={"entry": entry_id.decode(), "error": repr(exc)})
+                with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(DEAD_LETTERS, {**fields, b"error": repr(exc)[:500],
+                                             b"entry": entry_id})
+                    pipe.xdel(OUTBOX, entry_id)
+                    pipe.execute()
+                DEAD_LETTERED.inc()
+        return archived
 
     def run(self, idle_sleep_s: float = 0.2, stop=lambda: False) -> None:
         """Archive until `stop()`: one active archiver; a PostgreSQL outage is waited out."""

@@ -183,3 +183,16 @@ def test_one_archiver_holds_the_lease(own_redis, ledger_db):
     first.release_lease()
     assert second.hold_lease()
     second.release_lease()
+
+
+def test_a_bad_entry_is_set_aside_and_the_others_archived(store, archiver, ledger_db, own_redis, uid):
+    """An entry the ledger cannot take (here undecodable) never blocks the archive."""
+    from payouts_core.ledger.archiver import DEAD_LETTERS
+
+    own_redis.xadd(OUTBOX, {"e": b"{not json"})
+    ref = new_batch(store, "acme", f"after-bad-{uid}", [f"ab-{uid}"])
+    drain(archiver)
+    assert rows(ledger_db, "SELECT count(*) FROM items WHERE batch_id = %s", ref.batch_id) == [(1,)]
+    dead = own_redis.xrange(DEAD_LETTERS)
+    assert dead[-1][1][b"e"] == b"{not json" and b"JSONDecodeError" in dead[-1][1][b"error"]
+    assert own_redis.xlen(OUTBOX) == 0
