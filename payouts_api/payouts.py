@@ -15,6 +15,7 @@ from payouts_api.problems import MAX_FIELD_ERRORS, Problem
 from payouts_api.schemas import BatchIdSchema, BatchRequestSchema, HistoryQuerySchema, ItemsQuerySchema
 from payouts_core.ledger import reads
 from payouts_core.pix_keys import mask_pix_key
+from payouts_core.rules import same_terms
 from payouts_core.store import (
     BatchConflict,
     BatchRef,
@@ -104,7 +105,7 @@ def _reused_within_batch(orders: list[Order]) -> list[tuple[int, str]]:
     conflicts = []
     for order in orders:
         earlier = first.setdefault(order.external_id, order)
-        if earlier.terms != order.terms:
+        if not same_terms(earlier.terms, order.terms):
             conflicts.append((order.index, f"item {earlier.index} of this batch"))
     return conflicts
 

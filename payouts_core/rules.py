@@ -71,6 +71,24 @@ def payout_terms(amount_cents: int, pix_key: str, user_id: str) -> str:
     return hashlib.sha256(f"{amount_cents}\x1f{pix_key}\x1f{user_id}".encode()).hexdigest()[:32]
 
 
+#: An archived claim keeps only the terms digest's first hex digits (payouts_core/ledger).
+TERMS_TAG_HEX = 16
+
+
+def same_terms(held: str, terms: str) -> bool:
+    """Is `terms` the payout whose terms are `held` (a full digest, or an archived claim's tag)?
+
+    The one comparison behind `duplicate` versus EXTERNAL_ID_REUSED, at submission and in settle.
+    """
+    return terms.startswith(held)
+
+
+def reuse_reason(where: str) -> tuple[str, str]:
+    """The failure code and reason of an item whose external_id is held with other terms."""
+    return (EXTERNAL_ID_REUSED, f"external_id is already held by {where} with other terms "
+            "(amount, PIX key or user_id); nothing was paid")
+
+
 def encode_id(part: str) -> str:
     """An id part of a key: percent-encoded, so it never holds the `:` that separates parts."""
     return quote(part, safe="")

@@ -55,6 +55,7 @@ from payouts_core.rules import (
     Action,
     encode_id,
     payout_terms,
+    same_terms,
 )
 
 PREFIX = "payouts:"
@@ -358,9 +359,8 @@ class PayoutStore:
         held = {unique[int(position) - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}"
                                             if batch_id else "an archived payment")
                 for reply in replies for position, terms, batch_id, index in reply}
-        # An archived claim keeps the terms digest's first 16 hex digits (archived_claims.lua).
         return [(o.index, held[o.external_id][1]) for o in orders
-                if o.external_id in held and not o.terms.startswith(held[o.external_id][0])]
+                if o.external_id in held and not same_terms(held[o.external_id][0], o.terms)]
 
     def take_over_publishing(self, ref: BatchRef, publish_lease_s: int = 60) -> str | None:
         """A new lease token when the batch is still `accepting` and its publisher's lease has
