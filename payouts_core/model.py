@@ -19,6 +19,7 @@ from enum import StrEnum
 from payouts_core.rules import (
     COUNTER,
     FINAL_STATUSES,
+    TERMS_TAG_HEX,
     Action,
     ItemStatus,
     reuse_reason,
@@ -117,7 +118,6 @@ class Settlement:
         self.batches: dict[tuple[str, str], Batch] = {}
         self.claims: dict[tuple[str, str], Claim] = {}
         self.archived: dict[tuple[str, str], ArchivedClaim] = {}
-        self.stats: dict[str, int] = {status.value: 0 for status in COUNTER}
 
     # -- the batch lifecycle (LIFECYCLE) ---------------------------------------------------
 
@@ -178,16 +178,50 @@ class Settlement:
         batch.events += 1  # batch.completed
         return "completed"
 
+    def retire(self, client: str, batch_id: str, events: int) -> bool:
+        """The ledger holds `events` of this completed batch: it leaves Redis, and each final
+        claim its items hold shrinks to an archived claim (paid stays paid forever)."""
+        batch = self.batches.get((client, batch_id))
+        if batch is None or batch.state != BatchState.COMPLETED or batch.events != events:
+            return False
+        for index, order in enumerate(batch.orders):
+            key = (client, order["external_id"])
+            claim = self.claims.get(key)
+            if (claim is not None and claim.state in (ItemStatus.PAID, ItemStatus.FAILED)
+                    and claim.held_by(batch_id, index)):
+                self.archived[key] = ArchivedClaim(claim.state, claim.gen, claim.terms[:TERMS_TAG_HEX])
+                del self.claims[key]
+        del self.batches[client, batch_id]
+        return True
+
+    # -- submission ------------------------------------------------------------------------
+
+    def conflicting_claims(self, client: str, orders: list[dict]) -> list[tuple[int, str]]:
+        """Items (index, external_id, terms) whose external_id is paid or in flight with other
+        terms: the submission check (422), the same rule settle applies."""
+        held: dict[str, tuple[str, str]] = {}
+        for order in orders:
+            claim = self.claims.get((client, order["external_id"]))
+            archived = self.archived.get((client, order["external_id"]))
+            if claim is not None and claim.state in ("inflight", ItemStatus.PAID):
+                held[order["external_id"]] = (claim.terms, claim.where())
+            elif claim is None and archived is not None and archived.state == ItemStatus.PAID:
+                held[order["external_id"]] = (archived.tag, "an archived payment")
+        return [(o["index"], held[o["external_id"]][1]) for o in orders
+                if o["external_id"] in held and not same_terms(held[o["external_id"]][0], o["terms"])]
+
     # -- settling one item -----------------------------------------------------------------
 
     def begin_settlement(self, client: str, batch_id: str, index: int, max_attempts: int,
                          now_ms: int) -> Decision:
         """Decide what a settle task does next for one item, taking the claim when it may pay."""
         batch = self.batches.get((client, batch_id))
-        if batch is None or index >= len(batch.items):
+        if batch is None:
             return Decision(Action.ORPHAN)
         if batch.state == BatchState.ACCEPTING:
             return Decision(Action.NOT_READY)
+        if index >= len(batch.items):
+            return Decision(Action.ORPHAN)
         item, order = batch.items[index], batch.orders[index]
         if item["status"] in FINAL_STATUSES:
             return Decision(Action.FINAL)
@@ -274,7 +308,6 @@ class Settlement:
                 return item["status"]
             batch.counters["failed"] -= 1
             batch.counters["processed"] -= 1
-            self.stats[ItemStatus.FAILED] -= 1
         claim.state, claim.batch_id, claim.index, claim.e2e_id = "paid", batch_id, str(index), e2e_id
         self.claims[client, order["external_id"]] = claim
         item["e2e_id"] = e2e_id
@@ -324,7 +357,6 @@ class Settlement:
         batch.events += 1
         batch.counters["processed"] += 1
         batch.counters[COUNTER[status]] += 1
-        self.stats[status.value] += 1
         batch.orders[index].pop("pix_key", None)
 
     def _reused(self, batch: Batch, index: int, where: str) -> None:
