@@ -345,6 +345,18 @@ class SettlementMachine(RuleBasedStateMachine):
                 assert stored.get("called_ms") == (None if claim.called_ms is None else str(claim.called_ms))
 
     @invariant()
+    def counters_equal_the_counts_of_statuses(self):
+        """Read from Redis alone, counted here: processed = paid + failed + duplicate."""
+        for batch in self.batches:
+            head = self.r.hgetall(batch_keys(self._ref(batch))[0])
+            if not head:
+                continue
+            statuses = [json.loads(v)["status"] for v in self.r.hvals(batch_keys(self._ref(batch))[1])]
+            paid, failed, duplicates = (statuses.count(s) for s in ("paid", "failed", "duplicate"))
+            assert (int(head["successful"]), int(head["failed"]), int(head["duplicates"]),
+                    int(head["processed"])) == (paid, failed, duplicates, paid + failed + duplicates)
+
+    @invariant()
     def archived_claims_agree(self):
         for client in self.clients:
             for external_id in EXTERNAL_IDS:
