@@ -108,7 +108,8 @@ class Decision:
     claim_generation: int = 0
     attempts: int = 0
     waiting_on: str | None = None  # `batch_id#index` of the item holding the external_id
-    called_ms: int = 0
+    called_ms: int = 0  # when the provider was last called under this claim (ms since epoch)
+    order: dict | None = None  # what settle needs (the store reads it from Redis; holds the PIX key)
 
 
 class Settlement:

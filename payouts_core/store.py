@@ -41,22 +41,24 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from importlib.resources import files
 from typing import NamedTuple
 from urllib.parse import unquote
 
 import orjson
 import redis
 
+from payouts_core.model import Decision
 from payouts_core.rules import (
     COUNTER,
-    EXTERNAL_ID_REUSED,
     FINAL_STATUSES,
+    TERMS_TAG_HEX,
     Action,
     encode_id,
     payout_terms,
+    reuse_reason,
     same_terms,
 )
+from payouts_core.scripts import Transition, as_str
 
 PREFIX = "payouts:"
 ALL_BATCHES = PREFIX + "batches"
@@ -73,14 +75,20 @@ RETIRE_CHUNK = 1000
 CLAIM_CHECK_CHUNK = 1000
 
 
-def _lua(*names: str) -> str:
-    """Script text from payouts_core/lua/, the shared parts filled in from the Python rules."""
-    text = "".join(files("payouts_core").joinpath("lua", name).read_text() for name in names)
-    counter = "{" + ", ".join(f"{status.value}='{name}'" for status, name in COUNTER.items()) + "}"
-    return (text.replace("$COUNTER", counter).replace("$STATS", STATS)
-            .replace("$REUSED", EXTERNAL_ID_REUSED).replace("$OUTBOX", OUTBOX)
-            .replace("$BATCH_PREFIX_LEN", str(len(BATCH_PREFIX)))
-            .replace("$CLAIM_PREFIX", CLAIM_PREFIX).replace("$ARCHIVED_CLAIMS", ARCHIVED_CLAIMS))
+#: Everything the Lua scripts know of the Python rules and keys, generated into each script's
+#: prelude (payouts_core/scripts.py): change a rule or a key here, never in the Lua.
+LUA_CONSTANTS = {
+    "COUNTER": {status.value: name for status, name in COUNTER.items()},
+    "FINAL": FINAL_STATUSES,
+    "STATS": STATS,
+    "OUTBOX": OUTBOX,
+    "BATCH_PREFIX_LEN": len(BATCH_PREFIX),
+    "CLAIM_PREFIX": CLAIM_PREFIX,
+    "ARCHIVED_CLAIMS": ARCHIVED_CLAIMS,
+    "TERMS_TAG_HEX": TERMS_TAG_HEX,
+    "EXTERNAL_ID_REUSED": reuse_reason("%s")[0],
+    "REUSE_REASON": reuse_reason("%s")[1],
+}
 
 
 class BatchConflict(Exception):
@@ -108,7 +116,7 @@ class BatchRef(NamedTuple):
 
     @classmethod
     def from_member(cls, member: str | bytes) -> BatchRef:
-        client, batch_id = _s(member).split(":")
+        client, batch_id = as_str(member).split(":")
         return cls(unquote(client), unquote(batch_id))
 
 
@@ -127,18 +135,6 @@ class Order:
     @cached_property
     def terms(self) -> str:
         return payout_terms(self.amount_cents, self.pix_key, self.user_id)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What begin_settlement decided for one item."""
-
-    action: Action
-    claim_generation: int = 0
-    attempts: int = 0
-    order: dict | None = None
-    waiting_on: str | None = None
-    called_ms: int = 0  # when the provider was last called under this claim (ms since epoch)
 
 
 def utcnow(at: datetime | None = None) -> str:
@@ -199,13 +195,9 @@ def batch_keys(ref: BatchRef) -> tuple[str, str, str, str]:
     return base, base + ":items", base + ":orders", base + ":publisher"
 
 
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _report_head(header: dict) -> dict:
     """The report's fields (SPEC §4) but its details, from the batch hash."""
-    h = {_s(k): _s(v) for k, v in header.items()}
+    h = {as_str(k): as_str(v) for k, v in header.items()}
     head = {
         "batch_id": h["batch_id"],
         "status": "completed" if h["state"] == "completed" else "processing",
@@ -227,20 +219,20 @@ class PayoutStore:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._begin = client.register_script(_lua("events.lua", "common.lua", "archived_claims.lua",
-                                                  "begin_settlement.lua"))
-        self._archived_duplicate = client.register_script(
-            _lua("events.lua", "common.lua", "archived_claims.lua", "archived_duplicate.lua"))
-        self._retire_claims = client.register_script(_lua("archived_claims.lua", "retire_claims.lua"))
-        self._retire = client.register_script(_lua("retire_batch.lua"))
-        self._record = client.register_script(_lua("events.lua", "common.lua", "record_outcome.lua"))
-        self._complete = client.register_script(_lua("events.lua", "complete_batch.lua"))
-        self._take_over = client.register_script(_lua("take_over_publishing.lua"))
-        self._discard = client.register_script(_lua("events.lua", "discard_batch.lua"))
-        self._note = client.register_script(_lua("events.lua", "note_event.lua"))
-        self._existing = client.register_script(_lua("existing_batch.lua"))
-        self._held_claims = client.register_script(_lua("archived_claims.lua", "conflicting_claims.lua"))
-        self._open = client.register_script(_lua("events.lua", "open_batch.lua"))
+        # One script per transition (payouts_core/model.py names the same steps).
+        self._begin_settlement = Transition(client, "begin_settlement", LUA_CONSTANTS)
+        self._record_paid = Transition(client, "record_paid", LUA_CONSTANTS)
+        self._record_failed = Transition(client, "record_failed", LUA_CONSTANTS)
+        self._record_archived_duplicate = Transition(client, "record_archived_duplicate", LUA_CONSTANTS)
+        self._note_event = Transition(client, "note_event", LUA_CONSTANTS)
+        self._existing_batch = Transition(client, "existing_batch", LUA_CONSTANTS)
+        self._conflicting_claims = Transition(client, "conflicting_claims", LUA_CONSTANTS)
+        self._take_over_publishing = Transition(client, "take_over_publishing", LUA_CONSTANTS)
+        self._open_batch = Transition(client, "open_batch", LUA_CONSTANTS)
+        self._discard_batch = Transition(client, "discard_batch", LUA_CONSTANTS)
+        self._complete_batch = Transition(client, "complete_batch", LUA_CONSTANTS)
+        self._retire_claims = Transition(client, "retire_claims", LUA_CONSTANTS)
+        self._retire_batch = Transition(client, "retire_batch", LUA_CONSTANTS)
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:
@@ -284,15 +276,15 @@ class PayoutStore:
             while True:
                 try:
                     pipe.watch(batch_key, items_key, orders_key)
-                    found, state, others = self._existing(
-                        keys=[batch_key, items_key, orders_key, retired_batches_key(ref.client)],
-                        args=[ref.batch_id], client=pipe)
-                    if found is not None:
+                    existing = orjson.loads(self._existing_batch(
+                        [batch_key, items_key, orders_key, retired_batches_key(ref.client)],
+                        client=pipe, batch_id=ref.batch_id))
+                    if "fingerprint" in existing:
                         pipe.unwatch()
-                        if _s(found) != payload_fingerprint:
+                        if existing["fingerprint"] != payload_fingerprint:
                             raise BatchConflict(ref.batch_id)
-                        return False, _s(state)
-                    if others:  # items or orders without their batch: never write into them
+                        return False, existing["state"]
+                    if existing["others"]:  # items or orders without their batch: never write into them
                         pipe.unwatch()
                         raise BatchConflict(ref.batch_id)
                     pipe.multi()
@@ -353,12 +345,12 @@ class PayoutStore:
         with self.client.pipeline(transaction=False) as pipe:
             for first in range(0, len(unique), CLAIM_CHECK_CHUNK):
                 chunk = unique[first:first + CLAIM_CHECK_CHUNK]
-                self._held_claims(keys=[claim_key(client, e) for e in chunk], args=[first],
-                                  client=pipe)
+                self._conflicting_claims([claim_key(client, e) for e in chunk], client=pipe,
+                                         offset=first)
             replies = pipe.execute()
-        held = {unique[int(position) - 1]: (_s(terms), f"batch {_s(batch_id)} item {_s(index)}"
-                                            if batch_id else "an archived payment")
-                for reply in replies for position, terms, batch_id, index in reply}
+        held = {unique[c["position"] - 1]: (c["terms"], f"batch {c['batch_id']} item {c['index']}"
+                                            if c["batch_id"] else "an archived payment")
+                for reply in replies for c in orjson.loads(reply)}
         return [(o.index, held[o.external_id][1]) for o in orders
                 if o.external_id in held and not same_terms(held[o.external_id][0], o.terms)]
 
@@ -367,7 +359,7 @@ class PayoutStore:
         expired; None otherwise."""
         batch_key, _, _, lease_key = batch_keys(ref)
         token = uuid.uuid4().hex
-        taken = self._take_over(keys=[batch_key, lease_key], args=[publish_lease_s, token])
+        taken = self._take_over_publishing([batch_key, lease_key], token=token, lease_s=publish_lease_s)
         return token if taken else None
 
     def open_batch(self, ref: BatchRef, publisher: str) -> bool:
@@ -375,8 +367,8 @@ class PayoutStore:
         publisher publishes its chord. False for a batch published, gone, or taken over by
         another publisher (`open_batch.lua`): one chord per batch."""
         batch_key, _, _, lease_key = batch_keys(ref)
-        return bool(self._open(keys=[batch_key, lease_key],
-                               args=[publisher, int(time.time() * 1000)]))
+        return bool(self._open_batch([batch_key, lease_key], publisher=publisher,
+                                     now_ms=int(time.time() * 1000)))
 
     def mark_published(self, ref: BatchRef) -> None:
         """Every message of the batch's chord is in the broker (a redelivered publish skips it)."""
@@ -385,7 +377,8 @@ class PayoutStore:
     def discard_batch(self, ref: BatchRef, lease_token: str) -> bool:
         """Remove a batch whose chord could not be published, if we still hold its lease."""
         keys = [*batch_keys(ref), ALL_BATCHES, OPEN_BATCHES, client_batches_key(ref.client)]
-        return bool(self._discard(keys=keys, args=[lease_token, ref.member, encode_id(ref.batch_id)]))
+        return bool(self._discard_batch(keys, lease=lease_token, member=ref.member,
+                                        encoded_batch_id=encode_id(ref.batch_id)))
 
     # -- settling one item -------------------------------------------------------------
 
@@ -395,55 +388,43 @@ class PayoutStore:
         `settle`: call the provider (attempt number `attempts`); `lookup`: the attempts are used
         up, only ask the provider what it holds under the claim's key.
         """
-        reply = [_s(x) for x in self._begin(
-            keys=batch_keys(ref)[:3],
-            args=[index, ref.batch_id, utcnow(), int(time.time() * 1000), max_attempts])]
-        action = Action(reply[0])
-        if action in (Action.SETTLE, Action.LOOKUP):
-            return Decision(action, claim_generation=int(reply[1]), order=json.loads(reply[2]),
-                            attempts=int(reply[3]), called_ms=int(reply[4]))
-        if action == Action.WAIT:
-            return Decision(action, waiting_on=f"{reply[1]}#{reply[2]}")
-        if action == Action.ARCHIVED_DUPLICATE:
-            return Decision(action, order={"external_id": reply[1]})
-        return Decision(action)
+        reply = orjson.loads(self._begin_settlement(
+            batch_keys(ref)[:3], index=index, batch_id=ref.batch_id, now=utcnow(),
+            now_ms=int(time.time() * 1000), max_attempts=max_attempts))
+        return Decision(Action(reply.pop("action")), **reply)
 
     def record_archived_duplicate(self, ref: BatchRef, index: int, duplicate_of: dict) -> str:
         """`duplicate` of a payment whose claim was archived, at the place the ledger names;
         'changed' when the claim is no longer that archived payment (decide again)."""
-        reply = self._archived_duplicate(keys=batch_keys(ref)[:3],
-                                         args=[index, orjson.dumps(duplicate_of)])
-        return _s(reply[0])
+        return as_str(self._record_archived_duplicate(batch_keys(ref)[:3], index=index,
+                                                      duplicate_of=duplicate_of))
 
     def record_paid(self, ref: BatchRef, index: int, e2e_id: str, claim_generation: int,
                     event: dict | None = None) -> str:
         """`event`: what the ledger's `paid` event adds (e.g. the call's duration_ms, via)."""
-        return self._record_outcome(ref, index, "paid", e2e_id, str(claim_generation), event)
+        return as_str(self._record_paid(batch_keys(ref)[:3], index=index, batch_id=ref.batch_id,
+                                        now=utcnow(), e2e_id=e2e_id,
+                                        claim_generation=claim_generation, event=event or {}))
 
     def record_failed(self, ref: BatchRef, index: int, code: str, reason: str,
                       event: dict | None = None) -> str:
-        return self._record_outcome(ref, index, "failed", code, reason, event)
-
-    def _record_outcome(self, ref: BatchRef, index: int, outcome: str, first: str, second: str,
-                        event: dict | None) -> str:
-        reply = self._record(keys=batch_keys(ref)[:3],
-                             args=[index, ref.batch_id, outcome, utcnow(), first, second,
-                                   orjson.dumps(event or {})])
-        return _s(reply[0])
+        return as_str(self._record_failed(batch_keys(ref)[:3], index=index, batch_id=ref.batch_id,
+                                          now=utcnow(), code=code, reason=reason, event=event or {}))
 
     def note_event(self, ref: BatchRef, index: int, event_type: str, attempt: int | None = None,
                    code: str | None = None, detail: dict | None = None) -> bool:
         """Record an event that changes no state (a provider error before its retry, a lookup's
         answer, a webhook delivered) in the batch's sequence; False for a batch that is gone."""
-        return bool(self._note(keys=[batch_keys(ref)[0]],
-                               args=[index, event_type, "" if attempt is None else attempt,
-                                     code or "", orjson.dumps(detail or {})]))
+        return bool(self._note_event([batch_keys(ref)[0]], index=index, type=event_type,
+                                     attempt=attempt, code=code or None, detail=detail or {}))
 
     def complete_batch(self, ref: BatchRef) -> tuple[str, ...]:
         """Mark the batch completed (idempotent); ('incomplete', processed, total) otherwise."""
-        reply = self._complete(keys=[batch_keys(ref)[0], OPEN_BATCHES, COMPLETED_BATCHES],
-                               args=[utcnow(), ref.member])
-        return tuple(_s(x) for x in reply)
+        reply = orjson.loads(self._complete_batch(
+            [batch_keys(ref)[0], OPEN_BATCHES, COMPLETED_BATCHES], now=utcnow(), member=ref.member))
+        if reply["result"] == "incomplete":
+            return reply["result"], str(reply["processed"]), str(reply["total"])
+        return (reply["result"],)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -459,7 +440,7 @@ class PayoutStore:
             header, items = pipe.execute()
         if not header:
             return None
-        details = [_s(v) for _, v in sorted(items.items(), key=lambda kv: int(kv[0]))]
+        details = [as_str(v) for _, v in sorted(items.items(), key=lambda kv: int(kv[0]))]
         head = json.dumps(_report_head(header), separators=(",", ":"))
         return head[:-1] + ',"details":[' + ",".join(details) + "]}"
 
@@ -486,7 +467,7 @@ class PayoutStore:
         return {int(k): json.loads(v)["terms"] for k, v in orders.items()}
 
     def batch_state(self, ref: BatchRef) -> str | None:
-        return _s(self.client.hget(batch_keys(ref)[0], "state"))
+        return as_str(self.client.hget(batch_keys(ref)[0], "state"))
 
     def stats(self) -> dict:
         """Service-wide totals for metrics: items by final status and open batches."""
@@ -494,7 +475,7 @@ class PayoutStore:
             pipe.hgetall(STATS)
             pipe.scard(OPEN_BATCHES)
             items, open_batches = pipe.execute()
-        return {"items": {_s(k): int(v) for k, v in items.items()}, "open_batches": open_batches}
+        return {"items": {as_str(k): int(v) for k, v in items.items()}, "open_batches": open_batches}
 
     def all_batches(self, client: str | None = None) -> list[BatchRef]:
         """Every batch by creation time; one client's when `client` is given."""
@@ -510,7 +491,7 @@ class PayoutStore:
         values = self.client.hmget(batch_keys(ref)[0], *fields)
         if values[0] is None:
             return None
-        info = dict(zip(fields, (_s(v) for v in values), strict=True))
+        info = dict(zip(fields, (as_str(v) for v in values), strict=True))
         return {"state": info["state"], "total": int(info["total"]),
                 "processed": int(info["processed"]), "progress_ms": int(info["progress_ms"] or 0)}
 
@@ -533,7 +514,7 @@ class PayoutStore:
         values = self.client.hmget(batch_keys(ref)[0], *fields)
         if values[0] is None:
             return None
-        return {"state": _s(values[0]), **{f: int(v or 0) for f, v in zip(fields[1:], values[1:],
+        return {"state": as_str(values[0]), **{f: int(v or 0) for f, v in zip(fields[1:], values[1:],
                                                                             strict=True)}}
 
     def retire_later(self, ref: BatchRef, at_ms: int) -> None:
@@ -549,13 +530,14 @@ class PayoutStore:
         # Chunks: one script over a 10,000-item batch would hold Redis for every other client.
         for first in range(0, total, RETIRE_CHUNK):
             last = min(first + RETIRE_CHUNK, total) - 1
-            if self._retire_claims(keys=[batch_key, orders_key],
-                                   args=[events, ref.batch_id, first, last]) == -1:
+            if self._retire_claims([batch_key, orders_key], events=events, batch_id=ref.batch_id,
+                                   first=first, last=last) == -1:
                 return False
         keys = [*batch_keys(ref), ALL_BATCHES, client_batches_key(ref.client), COMPLETED_BATCHES,
                 retired_batches_key(ref.client)]
-        return bool(self._retire(keys=keys, args=[events, ref.member, encode_id(ref.batch_id),
-                                                  ref.batch_id]))
+        return bool(self._retire_batch(keys, events=events, member=ref.member,
+                                       encoded_batch_id=encode_id(ref.batch_id),
+                                       batch_id=ref.batch_id))
 
     def try_sweep_lock(self, ttl_s: int) -> bool:
         """Take the sweeper's lock (expires by itself if the sweeper dies)."""
@@ -569,7 +551,7 @@ class PayoutStore:
         self.client.hset(batch_keys(ref)[0], "progress_ms", int(time.time() * 1000))
 
     def claim(self, client: str, external_id: str) -> dict:
-        return {_s(k): _s(v) for k, v in self.client.hgetall(claim_key(client, external_id)).items()}
+        return {as_str(k): as_str(v) for k, v in self.client.hgetall(claim_key(client, external_id)).items()}
 
     # -- listings (history, items by status) ----------------------------------------------
 
@@ -630,11 +612,11 @@ def _entries_after(r: redis.Redis, key: str, after: tuple[int, str] | None, newe
         score, member = after
         if oldest is None or score >= oldest:
             ties = r.zrevrangebyscore(key, score, score)
-            found = [(m, score) for m in map(_s, ties) if m < member][:n]
+            found = [(m, score) for m in map(as_str, ties) if m < member][:n]
         hi = f"({score}"
     if len(found) < n:
         rows = r.zrevrangebyscore(key, hi, lo, start=0, num=n - len(found), withscores=True)
-        found += [(_s(m), int(score)) for m, score in rows]
+        found += [(as_str(m), int(score)) for m, score in rows]
     return found
 
 

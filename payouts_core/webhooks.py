@@ -40,7 +40,9 @@ import redis
 from standardwebhooks import Webhook
 
 from payouts_core.rules import encode_id
-from payouts_core.store import _lua, _s, newest_first, utcnow
+from payouts_core.scripts import as_str as _s
+from payouts_core.scripts import script_text
+from payouts_core.store import newest_first, utcnow
 
 PREFIX = "payouts:webhook:"
 DUE = "payouts:webhooks:due"
@@ -197,7 +199,7 @@ class WebhookStore:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._emit = client.register_script(_lua("emit_event.lua"))
+        self._emit = client.register_script(script_text("emit_event.lua"))
 
     def _endpoints_key(self, client: str) -> str:
         return f"{PREFIX}endpoints:{encode_id(client)}"

@@ -15,11 +15,12 @@ import time
 import psycopg
 
 from payouts_core.ledger.retention import paid_item
+from payouts_core.model import Decision
 from payouts_core.provider import PermanentProviderError, TransientProviderError
 from payouts_core.resources import get_provider, get_store
 from payouts_core.rules import GAVE_UP_WAITING, NO_OUTCOME, Action, Verdict, idempotency_key, lookup_verdict
 from payouts_core.settings import get_settings
-from payouts_core.store import BatchRef, Decision
+from payouts_core.store import BatchRef
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES

@@ -1,98 +1,109 @@
--- KEYS: batch, items, orders. ARGV: index, batch_id, now (ISO), now (ms), max attempts.
--- Decides what the settle task does next and takes the external_id claim atomically.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'orphan'} end
-if state == 'accepting' then return {'not_ready'} end
-local idx = ARGV[1]
-local item_raw = redis.call('HGET', KEYS[2], idx)
-if not item_raw then return {'orphan'} end
-local item = cjson.decode(item_raw)
-if FINAL[item.status] then return {'final', item.status} end
-local order_raw = redis.call('HGET', KEYS[3], idx)
-local order = cjson.decode(order_raw)
+-- Settlement.begin_settlement (payouts_core/model.py): decide what a settle task does next for
+-- one item, taking the external_id's claim when it may pay.
+-- KEYS: batch, items, orders. ARGV[1]: {index, batch_id, now, now_ms, max_attempts}.
+-- Reply (JSON): {action, claim_generation, attempts, called_ms, order, waiting_on}.
+local arg = cjson.decode(ARGV[1])
+local batch = {key = KEYS[1], items = KEYS[2], orders = KEYS[3]}
+local idx = tostring(arg.index)
+local function decision(action, details)
+  details = details or {}
+  details.action = action
+  return cjson.encode(details)
+end
 
+local state = redis.call('HGET', batch.key, 'state')
+if not state then return decision('orphan') end
+if state == 'accepting' then return decision('not_ready') end
+local item_raw = redis.call('HGET', batch.items, idx)
+if not item_raw then return decision('orphan') end
+local item = cjson.decode(item_raw)
+if FINAL[item.status] then return decision('final') end
+local order = cjson.decode(redis.call('HGET', batch.orders, idx))
+
+-- The same external_id earlier in this batch: its outcome decides this one's.
 if order.wait_for then
   local w = tostring(order.wait_for)
-  local prior = cjson.decode(redis.call('HGET', KEYS[2], w))
+  local prior = cjson.decode(redis.call('HGET', batch.items, w))
   if not FINAL[prior.status] then
-    return {'wait', ARGV[2], w}
+    return decision('wait', {waiting_on = arg.batch_id .. '#' .. w})
   end
   if prior.status ~= 'failed' then
-    local prior_order = cjson.decode(redis.call('HGET', KEYS[3], w))
-    if prior_order.terms ~= order.terms then
-      reused(KEYS[1], KEYS[2], KEYS[3], idx, item, 'item ' .. w .. ' of this batch')
-      return {'reused'}
+    local prior_order = cjson.decode(redis.call('HGET', batch.orders, w))
+    if not same_terms(prior_order.terms, order.terms) then
+      reused(batch, idx, item, 'item ' .. w .. ' of this batch')
+      return decision('reused')
     end
     if prior.status == 'paid' then
-      item.duplicate_of = {batch_id=ARGV[2], index=order.wait_for, e2e_id=prior.e2e_id}
+      item.duplicate_of = {batch_id = arg.batch_id, index = order.wait_for, e2e_id = prior.e2e_id}
     else
       item.duplicate_of = prior.duplicate_of
     end
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
-    return {'duplicate'}
+    finish(batch, idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
+    return decision('duplicate')
+  end
+  -- failed earlier in the batch: no money moved, this item settles itself
+end
+
+local claim = read_claim(order.claim)
+if not claim.state then
+  local archived = archived_claim(order.claim)
+  if archived and archived.state == 'paid' then
+    if not same_terms(archived.tag, order.terms) then
+      reused(batch, idx, item, 'an archived payment')
+      return decision('reused')
+    end
+    -- settle asks the ledger where it was paid, then records the duplicate
+    return decision('archived_duplicate', {order = {external_id = order.external_id}})
+  end
+  if archived then  -- failed: the next claim continues its generations (a new provider key)
+    local bucket, field = archived_claim_ref(order.claim)
+    redis.call('HDEL', bucket, field)
+    claim.gen = archived.gen
   end
 end
 
-local claim_key = order.claim
-local c = redis.call('HMGET', claim_key, 'state', 'batch_id', 'index', 'gen', 'e2e_id', 'terms',
-                     'called_ms')
-if not c[1] then
-  local archived = archived_claim(claim_key)
-  if archived and archived.state == 'paid' then
-    if archived.tag ~= terms_tag(order.terms) then
-      reused(KEYS[1], KEYS[2], KEYS[3], idx, item, 'an archived payment')
-      return {'reused'}
-    end
-    return {'archived_duplicate', order.external_id}  -- settle asks the ledger where, then records
-  end
-  if archived then  -- failed: the next claim continues its generations (a new provider key)
-    local bucket, field = archived_claim_ref(claim_key)
-    redis.call('HDEL', bucket, field)
-    c[4] = archived.gen
-  end
-end
-local mine = (c[2] == ARGV[2] and c[3] == idx)
-local where = 'batch ' .. tostring(c[2]) .. ' item ' .. tostring(c[3])
-if c[1] == 'paid' then
+local mine = held_by(claim, arg.batch_id, idx)
+if claim.state == 'paid' then
   if mine then
-    item.e2e_id = c[5]
-    finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'paid', {claim_generation = tonumber(c[4]),
-                                                           found = 'claim'})
-    return {'final', 'paid'}
+    item.e2e_id = claim.e2e_id
+    finish(batch, idx, item, 'paid', {claim_generation = tonumber(claim.gen), found = 'claim'})
+    return decision('final')
   end
-  if c[6] ~= order.terms then
-    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
-    return {'reused'}
+  if not same_terms(claim.terms, order.terms) then
+    reused(batch, idx, item, where(claim))
+    return decision('reused')
   end
-  item.duplicate_of = {batch_id=c[2], index=tonumber(c[3]), e2e_id=c[5]}
-  finish(KEYS[1], KEYS[2], KEYS[3], idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
-  return {'duplicate'}
+  item.duplicate_of = {batch_id = claim.batch_id, index = tonumber(claim.index), e2e_id = claim.e2e_id}
+  finish(batch, idx, item, 'duplicate', {duplicate_of = item.duplicate_of})
+  return decision('duplicate')
 end
-if c[1] == 'inflight' and not mine then
-  if c[6] ~= order.terms then
-    reused(KEYS[1], KEYS[2], KEYS[3], idx, item, where)
-    return {'reused'}
+if claim.state == 'inflight' and not mine then
+  if not same_terms(claim.terms, order.terms) then
+    reused(batch, idx, item, where(claim))
+    return decision('reused')
   end
-  return {'wait', c[2], c[3]}
+  return decision('wait', {waiting_on = claim.batch_id .. '#' .. claim.index})
 end
-local gen = tonumber(c[4]) or 0
-if c[1] ~= 'inflight' then
-  gen = gen + 1
-  redis.call('HSET', claim_key, 'state', 'inflight', 'batch_id', ARGV[2], 'index', idx,
-             'gen', gen, 'claimed_at', ARGV[3], 'terms', order.terms)
-  redis.call('HDEL', claim_key, 'called_ms')
-  c[7] = false
+
+if claim.state ~= 'inflight' then  -- free (new, or failed: no money moved): take it
+  claim.gen = (tonumber(claim.gen) or 0) + 1
+  claim.called_ms = nil
+  redis.call('HSET', order.claim, 'state', 'inflight', 'batch_id', arg.batch_id, 'index', idx,
+             'gen', claim.gen, 'claimed_at', arg.now, 'terms', order.terms)
+  redis.call('HDEL', order.claim, 'called_ms')
 end
 local attempts = item.attempts or 0
-if attempts >= tonumber(ARGV[5]) then
+if attempts >= arg.max_attempts then
   -- Attempts used up: no more provider calls, only lookups of what the provider holds.
-  return {'lookup', tostring(gen), order_raw, tostring(attempts), tostring(c[7] or 0)}
+  return decision('lookup', {claim_generation = tonumber(claim.gen), order = order,
+                             attempts = attempts, called_ms = tonumber(claim.called_ms) or 0})
 end
 item.status = 'processing'
 item.attempts = attempts + 1
 local item_json = cjson.encode(item)
-redis.call('HSET', KEYS[2], idx, item_json)
-record_event(KEYS[1], tonumber(idx), 'provider_call', item.attempts, nil, {claim_generation = gen},
-             item_json)
-redis.call('HSET', claim_key, 'called_ms', ARGV[4])
-return {'settle', tostring(gen), order_raw, tostring(item.attempts), ARGV[4]}
+redis.call('HSET', batch.items, idx, item_json)
+record_event(batch.key, tonumber(idx), 'provider_call', item.attempts, nil,
+             {claim_generation = tonumber(claim.gen)}, item_json)
+redis.call('HSET', order.claim, 'called_ms', arg.now_ms)
+return decision('settle', {claim_generation = tonumber(claim.gen), order = order,
+                           attempts = item.attempts, called_ms = arg.now_ms})

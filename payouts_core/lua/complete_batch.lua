@@ -1,14 +1,21 @@
--- KEYS: batch, open-batches set, completed batches. ARGV: now, batch member.
--- Completes the batch once every item is final.
-local b = redis.call('HMGET', KEYS[1], 'state', 'processed', 'total')
-if not b[1] then return {'orphan'} end
-if b[1] == 'completed' then return {'completed'} end
-if tonumber(b[2]) < tonumber(b[3]) then return {'incomplete', b[2], b[3]} end
-redis.call('HSET', KEYS[1], 'state', 'completed', 'completed_at', ARGV[1])
-local c = redis.call('HMGET', KEYS[1], 'processed', 'successful', 'failed', 'duplicates')
-record_event(KEYS[1], -1, 'batch.completed', nil, nil,
-             {completed_at = ARGV[1], processed = tonumber(c[1]), successful = tonumber(c[2]),
-              failed = tonumber(c[3]), duplicates = tonumber(c[4])})
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], now_ms(), ARGV[2])  -- retention counts from here
-return {'completed'}
+-- Settlement.complete_batch (LIFECYCLE processing -> completed): once every item is final.
+-- KEYS: batch, open batches, completed batches. ARGV[1]: {now, member}.
+-- Reply (JSON): {result: orphan | completed | incomplete, processed, total}.
+local arg = cjson.decode(ARGV[1])
+local batch = {key = KEYS[1]}
+local open_batches, completed_batches = KEYS[2], KEYS[3]
+local head = read_fields(batch.key, {'state', 'total', 'processed', 'successful', 'failed', 'duplicates'})
+if not head.state then return cjson.encode({result = 'orphan'}) end
+if head.state == 'completed' then return cjson.encode({result = 'completed'}) end
+if tonumber(head.processed) < tonumber(head.total) then
+  return cjson.encode({result = 'incomplete', processed = tonumber(head.processed),
+                       total = tonumber(head.total)})
+end
+redis.call('HSET', batch.key, 'state', 'completed', 'completed_at', arg.now)
+record_event(batch.key, -1, 'batch.completed', nil, nil,
+             {completed_at = arg.now, processed = tonumber(head.processed),
+              successful = tonumber(head.successful), failed = tonumber(head.failed),
+              duplicates = tonumber(head.duplicates)})
+redis.call('SREM', open_batches, arg.member)
+redis.call('ZADD', completed_batches, now_ms(), arg.member)  -- retention counts from here
+return cjson.encode({result = 'completed'})

@@ -1,18 +1,22 @@
--- KEYS: claim keys of a new batch's distinct external ids (a chunk of them). ARGV: the chunk's
--- offset. One call per 1,000 ids, pipelined (10,000 pipelined HMGETs cost the API ~0.4 s of CPU):
--- {position in the whole batch, terms, batch_id, index} of every claim paid or in flight; for an
--- archived paid claim, terms is the digest's first 16 hex digits and batch_id is empty.
+-- Settlement.conflicting_claims, the reads (the terms are compared in Python, rules.same_terms):
+-- the claims of a new batch's distinct external ids that are paid or in flight. One call per
+-- CLAIM_CHECK_CHUNK ids, pipelined: one script over 10,000 ids held Redis for every other client.
+-- KEYS: claim keys of a chunk. ARGV[1]: {offset (of the chunk in the batch's distinct ids)}.
+-- Reply (JSON): [{position (1-based, in the whole batch), terms, batch_id, index}]; an archived
+-- paid claim has its terms tag and no batch_id.
+local arg = cjson.decode(ARGV[1])
 local held = {}
-local offset = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local c = redis.call('HMGET', key, 'state', 'terms', 'batch_id', 'index')
-  if c[1] == 'paid' or c[1] == 'inflight' then
-    held[#held + 1] = {offset + i, c[2] or '', c[3] or '', c[4] or ''}
-  elseif not c[1] then
+  local claim = read_fields(key, {'state', 'terms', 'batch_id', 'index'})
+  if claim.state == 'paid' or claim.state == 'inflight' then
+    held[#held + 1] = {position = arg.offset + i, terms = claim.terms or '',
+                       batch_id = claim.batch_id or '', index = claim.index or ''}
+  elseif not claim.state then
     local archived = archived_claim(key)
-    if archived and archived.state == 'paid' then  -- terms: the digest's first 16 hex digits
-      held[#held + 1] = {offset + i, raw_to_hex(archived.tag), '', ''}
+    if archived and archived.state == 'paid' then
+      held[#held + 1] = {position = arg.offset + i, terms = archived.tag, batch_id = '', index = ''}
     end
   end
 end
-return held
+if #held == 0 then return '[]' end
+return cjson.encode(held)

@@ -1,17 +1,21 @@
--- KEYS: batch, publisher lease. ARGV: publisher token, now (ms).
--- Opens the batch for the publisher holding its lease (or finding it expired, nobody having taken
--- it over), or for that same publisher again (its redelivery after a crash mid-publish). Any other
--- publisher is refused: one chord per batch even when a publish message outlives its lease and a
--- replay or the sweeper took the batch over meanwhile. 1 = publish the chord, 0 = leave it.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
-if state == 'accepting' then
-  local holder = redis.call('GET', KEYS[2])
-  if holder and holder ~= ARGV[1] then return 0 end
-  redis.call('HSET', KEYS[1], 'state', 'processing', 'publisher', ARGV[1], 'progress_ms', ARGV[2])
-  redis.call('DEL', KEYS[2])
-  record_event(KEYS[1], -1, 'batch.published', nil, nil, {})
+-- Settlement.open_batch (payouts_core/model.py, LIFECYCLE accepting -> processing): open the batch
+-- for the publisher holding its lease (or finding it expired, nobody having taken it over), or
+-- for that same publisher again (its redelivery after a crash mid-publish). Any other publisher is
+-- refused: one chord per batch even when a publish message outlives its lease and a replay or the
+-- sweeper took the batch over meanwhile.
+-- KEYS: batch, publishing lease. ARGV[1]: {publisher, now_ms}. Reply: 1 publish the chord, 0 leave it.
+local arg = cjson.decode(ARGV[1])
+local batch = {key = KEYS[1], lease = KEYS[2]}
+local head = read_fields(batch.key, {'state', 'published', 'publisher'})
+if not head.state or head.published then return 0 end
+if head.state == 'accepting' then
+  local holder = redis.call('GET', batch.lease)
+  if holder and holder ~= arg.publisher then return 0 end
+  redis.call('HSET', batch.key, 'state', 'processing', 'publisher', arg.publisher,
+             'progress_ms', arg.now_ms)
+  redis.call('DEL', batch.lease)
+  record_event(batch.key, -1, 'batch.published', nil, nil, {})
   return 1
 end
-if redis.call('HGET', KEYS[1], 'publisher') == ARGV[1] then return 1 end
+if head.publisher == arg.publisher then return 1 end
 return 0

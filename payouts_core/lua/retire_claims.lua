@@ -1,18 +1,22 @@
--- KEYS: batch, orders. ARGV: events the ledger was checked to hold, batch_id, first index, last.
--- Shrinks the final claims this batch's items hold (indexes first..last) to archived claims, in
--- one step per claim (a concurrent settle sees the full claim or the archived one, never
--- neither). Refused (-1) when the batch changed since the ledger was checked.
-local b = redis.call('HMGET', KEYS[1], 'state', 'events')
-if b[1] ~= 'completed' or b[2] ~= ARGV[1] then return -1 end
+-- Settlement.retire, first part (LIFECYCLE completed -> gone): shrink the final claims this
+-- batch's items hold (indexes first..last) to archived claims, in one step per claim (a
+-- concurrent settle sees the full claim or the archived one, never neither).
+-- KEYS: batch, orders. ARGV[1]: {events (the ledger was checked to hold), batch_id, first, last}.
+-- Reply: claims shrunk, or -1 when the batch changed since the ledger was checked.
+local arg = cjson.decode(ARGV[1])
+local batch = {key = KEYS[1], orders = KEYS[2]}
+local head = read_fields(batch.key, {'state', 'events'})
+if head.state ~= 'completed' or tonumber(head.events) ~= arg.events then return -1 end
 local shrunk = 0
-for idx = tonumber(ARGV[3]), tonumber(ARGV[4]) do
-  local raw = redis.call('HGET', KEYS[2], tostring(idx))
+for index = arg.first, arg.last do
+  local idx = tostring(index)
+  local raw = redis.call('HGET', batch.orders, idx)
   if raw then
     local order = cjson.decode(raw)
-    local c = redis.call('HMGET', order.claim, 'state', 'batch_id', 'index', 'gen', 'terms')
-    if (c[1] == 'paid' or c[1] == 'failed') and c[2] == ARGV[2] and c[3] == tostring(idx) then
-      local key, field = archived_claim_ref(order.claim)
-      redis.call('HSET', key, field, string.sub(c[1], 1, 1) .. c[4] .. terms_tag(c[5]))
+    local claim = read_claim(order.claim)
+    if (claim.state == 'paid' or claim.state == 'failed') and held_by(claim, arg.batch_id, idx) then
+      local bucket, field = archived_claim_ref(order.claim)
+      redis.call('HSET', bucket, field, archived_value(claim))
       redis.call('DEL', order.claim)
       shrunk = shrunk + 1
     end

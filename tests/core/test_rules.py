@@ -6,7 +6,6 @@ import pytest
 
 from payouts_core.provider import Transfer
 from payouts_core.rules import (
-    COUNTER,
     FINAL_STATUSES,
     ItemStatus,
     Verdict,
@@ -14,7 +13,8 @@ from payouts_core.rules import (
     lookup_verdict,
     payout_terms,
 )
-from payouts_core.store import _lua
+from payouts_core.scripts import lua_constants
+from payouts_core.store import LUA_CONSTANTS
 
 
 def transfer(status: str) -> Transfer:
@@ -38,10 +38,10 @@ def test_one_status_to_counter_map_feeds_reports_and_lua():
     assert {ItemStatus.PAID, ItemStatus.FAILED, ItemStatus.DUPLICATE} == FINAL_STATUSES
     assert counters_from_statuses(["paid", "paid", "failed", "duplicate", "processing"]) == {
         "successful": 2, "failed": 1, "duplicates": 1, "processed": 4}
-    common = _lua("common.lua")
-    for status, counter in COUNTER.items():
-        assert f"{status.value}='{counter}'" in common
-    assert "$" not in common
+    prelude = lua_constants(LUA_CONSTANTS)
+    assert 'local COUNTER = {["paid"] = "successful", ["failed"] = "failed", ' \
+           '["duplicate"] = "duplicates"}\n' in prelude
+    assert 'local FINAL = {["duplicate"] = true, ["failed"] = true, ["paid"] = true}\n' in prelude
 
 
 def test_terms_are_the_amount_the_normalised_key_and_the_user():
