@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from payouts_core.timing import Timing
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot run with."""
@@ -85,8 +87,6 @@ EXAMPLE_API_KEYS = ("change-me-0123456789",)
 PRODUCTION_MAX_AMOUNT_CENTS = 1_499_999 * 1_000
 # Lua's cjson writes numbers as doubles: above 2**53 - 1 the report would round the amount.
 JSON_EXACT_MAX_CENTS = 2**53 - 1
-# settle stretches a retry countdown by up to 20 % (jitter): the longest is the ceiling times this.
-RETRY_JITTER = 1.2
 # Worker processes per machine (payouts-worker): each holds WORKER_CONCURRENCY greenlets and its
 # Redis pools, so far more than the cores only adds connections and memory, not throughput.
 MAX_WORKER_PROCESSES = 64
@@ -301,6 +301,13 @@ class Settings:
             return self.efi.timeout_s
         return self.simulator.settlement_timeout_s
 
+    @property
+    def timing(self) -> Timing:
+        """settle's timing rules (payouts_core/timing.py) from these settings."""
+        return Timing(self.provider_settlement_timeout_s, self.settle_time_limit_s,
+                      self.visibility_timeout_s, self.retry_backoff_base_s, self.retry_backoff_max_s,
+                      self.stall_after_s, self.inflight_wait_max_s)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -325,26 +332,14 @@ class Settings:
         backoff_max = _float(env, "PAYOUTS_RETRY_BACKOFF_MAX_S", 10.0, 0.0, 600.0)
         visibility = _int(env, "PAYOUTS_VISIBILITY_TIMEOUT_S", 70, minimum=10)
         time_limit = _int(env, "PAYOUTS_SETTLE_TIME_LIMIT_S", 55, minimum=1)
-        if time_limit <= call_deadline:
-            raise SettingsError(f"PAYOUTS_SETTLE_TIME_LIMIT_S must exceed {deadline_name} "
-                                "(the provider's deadline answers first; the time limit is the backstop)")
-        if time_limit >= visibility:
-            raise SettingsError("PAYOUTS_SETTLE_TIME_LIMIT_S must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
-                                "(a task still running at the visibility timeout is delivered twice)")
-        # A Redis broker counts a retry's visibility from when the worker took it, so its countdown
-        # (at most the ceiling plus settle's 20 % jitter) and its run must both fit inside.
-        if backoff_max * RETRY_JITTER + time_limit >= visibility:
-            raise SettingsError(
-                "PAYOUTS_RETRY_BACKOFF_MAX_S x 1.2 + PAYOUTS_SETTLE_TIME_LIMIT_S must stay below "
-                "PAYOUTS_VISIBILITY_TIMEOUT_S (a retry still waiting or running at the visibility "
-                "timeout is delivered twice)"
-            )
         # The sweeper's re-drive is the backstop for a message a broker lost: on Redis a SIGKILL
         # between BRPOP and the worker's unacked write loses it (measured: 1 of 1,000 items).
         stall = _int(env, "PAYOUTS_STALL_AFTER_S", 120, minimum=1)
-        if stall <= time_limit:
-            raise SettingsError("PAYOUTS_STALL_AFTER_S must exceed PAYOUTS_SETTLE_TIME_LIMIT_S "
-                                "(a batch is idle only when no settle can still be running)")
+        inflight_wait = _int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1)
+        timing = Timing(call_deadline, time_limit, visibility, backoff_base, backoff_max,
+                        stall, inflight_wait, deadline_setting=deadline_name)
+        if problems := timing.problems():
+            raise SettingsError(problems[0])
         log_format = (env.get("PAYOUTS_LOG_FORMAT") or "json").lower()
         if log_format not in ("json", "text"):
             raise SettingsError(f"PAYOUTS_LOG_FORMAT must be json or text, got {log_format!r}")
@@ -375,7 +370,7 @@ class Settings:
             settle_max_attempts=_int(env, "PAYOUTS_SETTLE_MAX_ATTEMPTS", 6, minimum=1),
             retry_backoff_base_s=backoff_base,
             retry_backoff_max_s=backoff_max,
-            inflight_wait_max_s=_int(env, "PAYOUTS_INFLIGHT_WAIT_MAX_S", 900, minimum=1),
+            inflight_wait_max_s=inflight_wait,
             visibility_timeout_s=visibility,
             # Provider calls in flight per process: a settle mostly waits on the provider, and
             # 2 x 500 greenlets ran a 2,000-item batch in two waves (docs/BENCHMARKS.md).

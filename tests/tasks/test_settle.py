@@ -57,9 +57,9 @@ def test_short_transient_errors_are_retried_inside_the_task_with_the_same_claim(
 
 
 def test_a_long_backoff_goes_back_to_the_broker(store, uid, monkeypatch):
-    import payouts_tasks.settle as settle_module
+    import payouts_core.timing as timing
 
-    monkeypatch.setattr(settle_module, "IN_TASK_RETRY_MAX_S", 0.0)
+    monkeypatch.setattr(timing, "IN_TASK_RETRY_MAX_S", 0.0)
     ref = open_batch(store, f"br-{uid}", "timeout.twice@pix.test", f"br-{uid}")
 
     with pytest.raises(Retry):
