@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from payouts_core.timing import Timing
+from payouts_core.timing_rules import Timing
 
 
 class SettingsError(ValueError):
@@ -303,7 +303,7 @@ class Settings:
 
     @property
     def timing(self) -> Timing:
-        """settle's timing rules (payouts_core/timing.py) from these settings."""
+        """settle's timing rules (payouts_core/timing_rules.py) from these settings."""
         return Timing(self.provider_settlement_timeout_s, self.settle_time_limit_s,
                       self.visibility_timeout_s, self.retry_backoff_base_s, self.retry_backoff_max_s,
                       self.stall_after_s, self.inflight_wait_max_s)

@@ -21,7 +21,7 @@ from payouts_core.resources import get_provider, get_store
 from payouts_core.rules import GAVE_UP_WAITING, NO_OUTCOME, Action, Verdict, idempotency_key, lookup_verdict
 from payouts_core.settings import get_settings
 from payouts_core.store import BatchRef
-from payouts_core.timing import OPENING_POLL_S
+from payouts_core.timing_rules import OPENING_POLL_S
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES

@@ -57,9 +57,9 @@ def test_short_transient_errors_are_retried_inside_the_task_with_the_same_claim(
 
 
 def test_a_long_backoff_goes_back_to_the_broker(store, uid, monkeypatch):
-    import payouts_core.timing as timing
+    import payouts_core.timing_rules as timing_rules
 
-    monkeypatch.setattr(timing, "IN_TASK_RETRY_MAX_S", 0.0)
+    monkeypatch.setattr(timing_rules, "IN_TASK_RETRY_MAX_S", 0.0)
     ref = open_batch(store, f"br-{uid}", "timeout.twice@pix.test", f"br-{uid}")
 
     with pytest.raises(Retry):

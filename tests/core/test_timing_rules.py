@@ -1,10 +1,10 @@
-"""settle's timing rules (payouts_core/timing.py): the inequalities and each wait, in numbers."""
+"""settle's timing rules (payouts_core/timing_rules.py): the inequalities and each wait, in numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from payouts_core.timing import Timing
+from payouts_core.timing_rules import Timing
 
 # The defaults: SPI deadline 40 s, time limit 55 s, visibility 70 s, backoff 0.25..10 s,
 # stall 120 s, waiting at most 900 s.
