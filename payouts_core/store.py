@@ -160,9 +160,8 @@ def decode_cursor(cursor: str, *types: type) -> tuple:
 
 
 def _item_json(value: dict) -> bytes:
-    """orjson's output as a bytes object of its own size: each orjson 3.13 result kept ~4 KB of
-    memory (measured: 20,000 kept results 78 MB, copies 3.6 MB), and a batch keeps 20,000 of
-    them until its write is sent (the API grew to 325 MB per process)."""
+    """orjson's output as a bytes object of its own size: an orjson result keeps spare memory,
+    and a batch keeps one per item until its write is sent (docs/BENCHMARKS.md, "API memory")."""
     return bytes(memoryview(orjson.dumps(value)))
 
 
@@ -340,8 +339,8 @@ class PayoutStore:
         same rule atomically for a batch that races past it.
         """
         unique = list(dict.fromkeys(o.external_id for o in orders))
-        # Scripts of CLAIM_CHECK_CHUNK keys in one pipelined round trip: one script over 10,000
-        # keys held Redis for ~10 ms, during which every other client's command waited.
+        # Scripts of CLAIM_CHECK_CHUNK keys in one pipelined round trip: one script over a whole
+        # batch would hold Redis for every other client (docs/BENCHMARKS.md).
         with self.client.pipeline(transaction=False) as pipe:
             for first in range(0, len(unique), CLAIM_CHECK_CHUNK):
                 chunk = unique[first:first + CLAIM_CHECK_CHUNK]
@@ -549,9 +548,6 @@ class PayoutStore:
     def touch_progress(self, ref: BatchRef) -> None:
         """Note that the batch was just (re)driven, so the sweeper leaves it alone for a while."""
         self.client.hset(batch_keys(ref)[0], "progress_ms", int(time.time() * 1000))
-
-    def claim(self, client: str, external_id: str) -> dict:
-        return {as_str(k): as_str(v) for k, v in self.client.hgetall(claim_key(client, external_id)).items()}
 
     # -- listings (history, items by status) ----------------------------------------------
 

@@ -61,7 +61,7 @@ def start_redis(port: int, data_dir: Path, appendonly: bool = True) -> Process:
         "--maxmemory-policy", "noeviction",
         "--maxclients", "10000",
         # Archived claims live in 4,096 bucket hashes per client: kept compact (listpack, ~30 B
-        # an id) up to this many ids per bucket (payouts_core/lua/archived_claims.lua).
+        # an id) up to this many ids per bucket (payouts_core/lua/lib.lua, archived claims).
         "--hash-max-listpack-entries", "4096",
     ]
     proc = Process("redis", argv, data_dir / "redis.log", os.environ)

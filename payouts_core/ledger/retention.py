@@ -2,7 +2,7 @@
 
 A completed batch is deleted from Redis only when the ledger holds every one of its events (the
 batch's own sequence, counted in Redis), every item, and the same counters; its final claims
-shrink to archived claims (`archived_claims.lua`) so an external_id paid years ago is still a
+shrink to archived claims (`payouts_core/lua/lib.lua`) so an external_id paid years ago is still a
 duplicate or a reuse. Where an archived payment is (for `duplicate_of`) is asked of the ledger.
 """
 

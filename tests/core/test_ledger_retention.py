@@ -94,7 +94,7 @@ TAG = bytes.fromhex(hashlib.sha256(b"100\x1fa@b.com\x1fuser").hexdigest()[:16])
 
 
 def archived(store, client: str, external_id: str) -> bytes | None:
-    """The archived claim's value, found as archived_claims.lua files it (written out here)."""
+    """The archived claim's value, found as lib.lua (archived claims) files it (written out here)."""
     key = claim_key(client, external_id)
     digest = hashlib.sha1(key.encode()).hexdigest()
     return store.client.hget(f"{ARCHIVED_CLAIMS}{quote(client, safe='')}:{digest[:3]}",

@@ -387,11 +387,11 @@ class _Transfer:
 
 
 def _archived(r: redis.Redis, client: str, external_id: str) -> ArchivedClaim | None:
-    """An archived claim as its bucket holds it (layout: payouts_core/lua/archived_claims.lua):
-    bucket by the first 4 hex digits of SHA-1(claim key), field the next 24, value
+    """An archived claim as its bucket holds it (layout: payouts_core/lua/lib.lua):
+    bucket by the first 3 hex digits of SHA-1(claim key), field the next 24, value
     state letter, generation, 8 raw bytes of the terms digest."""
     h = hashlib.sha1(claim_key(client, external_id).encode()).hexdigest()
-    raw = r.hget(f"payouts:claims:{quote(client, safe='')}:{h[:4]}", bytes.fromhex(h[4:28]))
+    raw = r.hget(f"payouts:claims:{quote(client, safe='')}:{h[:3]}", bytes.fromhex(h[3:27]))
     if raw is None:
         return None
     return ArchivedClaim({b"p": "paid", b"f": "failed"}[raw[:1]], int(raw[1:-8]), raw[-8:].hex())

@@ -23,6 +23,7 @@ from payouts_core.store import (
     claim_key,
     fingerprint,
 )
+from tests.claims import claim_of
 
 MAX_ATTEMPTS = 6
 
@@ -80,7 +81,7 @@ def test_two_clients_with_equal_ids_are_unrelated(store, uid):
     assert idempotency_key("store-acme", f"x-{uid}", 1) != idempotency_key("store-globex", f"x-{uid}", 1)
     store.record_paid(ref(f"same-{uid}", "store-globex"), 0, "E-globex", 1)
     assert store.report(ref(f"same-{uid}", "store-acme"))["details"][0]["status"] == "processing"
-    assert store.claim("store-acme", f"x-{uid}")["state"] == "inflight"
+    assert claim_of(store, "store-acme", f"x-{uid}")["state"] == "inflight"
 
 
 def test_outcome_is_counted_once(store, uid):
@@ -108,7 +109,7 @@ def test_same_terms_are_a_duplicate_other_terms_fail_as_reused(store, uid):
     failed = store.report(ref(f"other-{uid}"))["details"][0]
     assert failed["status"] == "failed" and failed["failure_code"] == "EXTERNAL_ID_REUSED"
     assert f"p-{uid}" in failed["failure_reason"]
-    assert store.claim("t", f"d-{uid}")["batch_id"] == f"p-{uid}"  # the paid claim is untouched
+    assert claim_of(store, "t", f"d-{uid}")["batch_id"] == f"p-{uid}"  # the paid claim is untouched
 
 
 def test_other_terms_while_in_flight_fail_without_waiting(store, uid):
@@ -161,7 +162,7 @@ def test_attempts_used_up_turn_into_lookups(store, uid):
     assert [d.action for d in decisions] == ["settle", "settle", "lookup", "lookup"]
     assert [d.attempts for d in decisions] == [1, 2, 2, 2]
     assert decisions[3].called_ms == decisions[1].called_ms > 0
-    assert store.claim("t", f"k-{uid}")["state"] == "inflight"
+    assert claim_of(store, "t", f"k-{uid}")["state"] == "inflight"
     assert store.report(batch)["details"][0]["status"] == "processing"
 
 
@@ -188,7 +189,7 @@ def test_a_late_success_of_the_same_claim_turns_failed_into_paid(store, uid):
     assert counters(store, batch) == (1, 1, 0)
     detail = store.report(batch)["details"][0]
     assert detail["e2e_id"] == "E-late" and "failure_code" not in detail
-    assert store.claim("t", f"l-{uid}")["state"] == "paid"
+    assert claim_of(store, "t", f"l-{uid}")["state"] == "paid"
 
 
 def test_a_late_success_after_the_external_id_was_claimed_again_is_left_to_reconciliation(store, uid):
@@ -199,7 +200,7 @@ def test_a_late_success_after_the_external_id_was_claimed_again_is_left_to_recon
     assert begin(store, ref(f"r2-{uid}")).claim_generation == 2
 
     assert store.record_paid(ref(f"r1-{uid}"), 0, "E-old", 1) == "failed"
-    assert store.claim("t", f"r-{uid}")["batch_id"] == f"r2-{uid}"
+    assert claim_of(store, "t", f"r-{uid}")["batch_id"] == f"r2-{uid}"
 
 
 def full_pix_keys_held(redis_client, batch: BatchRef) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 from payouts_core.reconcile import reconcile
 from payouts_core.store import BatchRef
+from tests.claims import claim_of
 from tests.conftest import OTHER_KEY, ROTATED_KEY, wait_for_report
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -166,7 +167,7 @@ def test_unknown_outcome_keeps_the_claim_until_the_provider_settles(client, stor
         time.sleep(0.05)
     # Attempts used up, the transfer still pending at the provider: not failed, claim held.
     assert store.report(BatchRef("tests", f"late1-{uid}"))["details"][0]["status"] == "processing"
-    assert store.claim("tests", ext)["state"] == "inflight"
+    assert claim_of(store, "tests", ext)["state"] == "inflight"
     assert post(client, f"late2-{uid}", [late]).status_code == 202  # waits for the outcome
 
     [first] = wait_for(client, f"late1-{uid}")["details"]

@@ -10,6 +10,7 @@ from celery.exceptions import Retry
 
 from payouts_core.store import BatchRef, Order, fingerprint
 from payouts_tasks.settle import settle
+from tests.claims import claim_of
 
 CLIENT = "settle-tests"
 
@@ -53,7 +54,7 @@ def test_short_transient_errors_are_retried_inside_the_task_with_the_same_claim(
 
     assert settle.run(CLIENT, ref.batch_id, 0) == "paid"  # two AB03 waited out in the task
     assert item(store, ref)["attempts"] == 3
-    assert store.claim(CLIENT, f"tr-{uid}")["gen"] == "1"
+    assert claim_of(store, CLIENT, f"tr-{uid}")["gen"] == "1"
 
 
 def test_a_long_backoff_goes_back_to_the_broker(store, uid, monkeypatch):
@@ -74,12 +75,12 @@ def test_no_answer_is_unknown_until_the_final_deadline_then_failed(store, provid
     with pytest.raises(Retry):  # the last call was a moment ago: the transfer may still appear
         settle.run(CLIENT, ref.batch_id, 0)
     assert item(store, ref)["status"] == "processing"
-    assert store.claim(CLIENT, f"dl-{uid}")["state"] == "inflight"
+    assert claim_of(store, CLIENT, f"dl-{uid}")["state"] == "inflight"
 
     monkeypatch.setattr(type(provider), "final_deadline_s", property(lambda _self: 0.0))
     assert settle.run(CLIENT, ref.batch_id, 0) == "failed"
     assert "no transfer exists" in item(store, ref)["failure_reason"]
-    assert store.claim(CLIENT, f"dl-{uid}")["state"] == "failed"
+    assert claim_of(store, CLIENT, f"dl-{uid}")["state"] == "failed"
 
 
 def test_a_transfer_that_settles_after_the_attempts_is_paid(store, provider, uid):
