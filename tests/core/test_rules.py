@@ -10,8 +10,11 @@ from payouts_core.rules import (
     ItemStatus,
     Verdict,
     counters_from_statuses,
+    idempotency_key,
     lookup_verdict,
     payout_terms,
+    reuse_reason,
+    same_terms,
 )
 from payouts_core.scripts import lua_constants
 from payouts_core.store import LUA_CONSTANTS
@@ -49,3 +52,24 @@ def test_terms_are_the_amount_the_normalised_key_and_the_user():
     assert payout_terms(100, "a1@example.com", "u1") == same
     assert {payout_terms(101, "a1@example.com", "u1"), payout_terms(100, "b@example.com", "u1"),
             payout_terms(100, "a1@example.com", "u2")}.isdisjoint({same})
+
+
+def test_a_new_claim_generation_is_a_new_provider_key_written_out():
+    """The key a redelivery reuses and the one a re-claim after a failure gets, spelled out."""
+    assert idempotency_key("acme", "x:1", 1) == "payout:acme:x%3A1:1"
+    assert idempotency_key("acme", "x:1", 2) == "payout:acme:x%3A1:2"
+    assert idempotency_key("a:b", "x", 1) == "payout:a%3Ab:x:1"
+
+
+def test_same_terms_is_equality_or_an_archived_tag():
+    full = "43d797c2c4c283c869d4372929d95be1"
+    assert same_terms(full, full)
+    assert same_terms("43d797c2c4c283c8", full)  # an archived claim's tag: the first 16 digits
+    assert not same_terms("43d797c2c4c283c9", full)
+    assert not same_terms("53d797c2c4c283c869d4372929d95be1", full)
+
+
+def test_the_reuse_reason_names_where_the_id_is_held():
+    assert reuse_reason("batch b1 item 3") == (
+        "EXTERNAL_ID_REUSED", "external_id is already held by batch b1 item 3 with other terms "
+        "(amount, PIX key or user_id); nothing was paid")
