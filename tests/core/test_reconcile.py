@@ -121,3 +121,29 @@ def test_an_unreadable_batch_is_reported_and_the_others_still_checked(store, led
     found = reconcile(store, ledger, client="corrupt")
     assert [(d.kind, d.batch_id) for d in found] == [("unreadable_batch", f"bad-{uid}")]
     assert reconcile(store, ledger, f"good-{uid}") == []
+
+
+def test_a_second_transfer_under_a_key_written_out_is_a_double_transfer(store, ledger, uid):
+    """The second key spelled out (generation 2 of this client's id), not built by the code
+    under test: a later claim's payment next to the first one is reported."""
+    settle_directly(store, ledger, f"double2-{uid}", [f"y-{uid}"])
+    ledger.pay(idempotency_key=f"payout:{CLIENT}:y-{uid}:2", external_id=f"y-{uid}",
+               amount_cents=100, pix_key="a@b.com")
+
+    found = reconcile(store, ledger, f"double2-{uid}")
+
+    assert ("double_transfer", f"y-{uid}") in {(d.kind, d.external_id) for d in found}
+
+
+def test_an_item_paid_with_an_e2e_id_the_provider_never_made_is_reported(store, ledger, uid):
+    ref = BatchRef(CLIENT, f"ghost-{uid}")
+    store.create_batch(ref, fingerprint({"g": uid}), [Order(0, f"g-{uid}", "u", 100, "a@b.com",
+                                                            "a***@b.com")], lease_token="t")
+    store.open_batch(ref, "t")
+    decision = store.begin_settlement(ref, 0, 6)
+    store.record_paid(ref, 0, "E13935893202612041200ghost000000", decision.claim_generation)
+    store.complete_batch(ref)
+
+    found = reconcile(store, ledger, f"ghost-{uid}")
+
+    assert [(d.kind, d.external_id) for d in found] == [("paid_without_transfer", f"g-{uid}")]
