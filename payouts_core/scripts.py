@@ -17,11 +17,6 @@ import redis
 from redis.commands.core import Script
 
 
-def as_str(value: str | bytes | None) -> str | None:
-    """A Redis reply as text, whether or not the client decodes responses."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _lua_value(value) -> str:
     """A Python constant as a Lua literal (strings, numbers, dicts and sets of them)."""
     if isinstance(value, bool):

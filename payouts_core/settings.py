@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from payouts_core.provider import is_ispb
 from payouts_core.timing_rules import Timing
 
 
@@ -187,7 +188,7 @@ class SimulatorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SimulatorSettings:
         ispb = env.get("PIX_SIM_ISPB") or "13935893"
-        if len(ispb) != 8 or not ispb.isdigit():
+        if not is_ispb(ispb):
             raise SettingsError(f"PIX_SIM_ISPB must be 8 digits, got {ispb!r}")
         return cls(
             latency_ms=_range_ms(env, "PIX_SIM_LATENCY_MS", (500, 2000)),

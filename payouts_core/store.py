@@ -58,7 +58,8 @@ from payouts_core.rules import (
     reuse_reason,
     same_terms,
 )
-from payouts_core.scripts import Transition, as_str
+from payouts_core.scripts import Transition
+from payouts_core.text import as_str, utcnow
 
 PREFIX = "payouts:"
 ALL_BATCHES = PREFIX + "batches"
@@ -135,10 +136,6 @@ class Order:
     @cached_property
     def terms(self) -> str:
         return payout_terms(self.amount_cents, self.pix_key, self.user_id)
-
-
-def utcnow(at: datetime | None = None) -> str:
-    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def encode_cursor(*position: int | str) -> str:

@@ -40,9 +40,10 @@ import redis
 from standardwebhooks import Webhook
 
 from payouts_core.rules import encode_id
-from payouts_core.scripts import as_str as _s
 from payouts_core.scripts import script_text
-from payouts_core.store import newest_first, utcnow
+from payouts_core.store import newest_first
+from payouts_core.text import as_str as _s
+from payouts_core.text import utcnow
 
 PREFIX = "payouts:webhook:"
 DUE = "payouts:webhooks:due"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from payouts_core.scripts import as_str
 from payouts_core.store import claim_key
+from payouts_core.text import as_str
 
 
 def claim_of(store, client: str, external_id: str) -> dict[str, str]:

@@ -28,7 +28,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from payouts_core.rules import encode_id
-from payouts_core.store import BatchRef, PayoutStore, batch_keys, utcnow
+from payouts_core.store import BatchRef, PayoutStore, batch_keys
+from payouts_core.text import utcnow
 
 # Connections per process: reads are short, and the API's threads per process are few.
 POOL_MAX = 4

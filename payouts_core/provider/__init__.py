@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 
+def is_ispb(value: str) -> bool:
+    """An ISPB: the 8 digits naming an SPI participant (the second part of every EndToEndId)."""
+    return len(value) == 8 and value.isdigit()
+
+
 class ProviderError(Exception):
     """A provider answer that is not a settled transfer. `code` follows the SPI catalogue."""
 

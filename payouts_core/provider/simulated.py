@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,9 @@ from payouts_core.provider import (
     PixProvider,
     Transfer,
     TransientProviderError,
+    is_ispb,
 )
+from payouts_core.text import as_str, utcnow
 
 if TYPE_CHECKING:
     from payouts_core.settings import Settings
@@ -89,11 +90,6 @@ _STUCK = float("inf")
 _HANG_S = 600.0
 _TEST_KEY_LATENCY_S = {"slow.stuck@pix.test": _STUCK, "hang@pix.test": _HANG_S}
 
-E2E_ID_RE = re.compile(
-    r"E(?P<ispb>[0-9]{8})"
-    r"(?P<timestamp>[0-9]{4}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])(?:[01][0-9]|2[0-3])[0-5][0-9])"
-    r"(?P<suffix>[A-Za-z0-9]{11})"
-)
 E2E_ID_LEN = 32
 _E2E_ALPHABET = string.ascii_letters + string.digits
 
@@ -223,24 +219,9 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _text(value: bytes | str) -> str:
-    """Redis answers bytes or str depending on the client's decode_responses: accept both."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _iso_z(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def make_e2e_id(ispb: str, now: datetime, rng: random.Random) -> str:
-    """An EndToEndId: `E` + 8-digit ISPB + `yyyyMMddHHmm` (UTC) + 11 alphanumerics = 32 chars."""
-    if len(ispb) != 8 or not ispb.isdigit():
-        raise ValueError(f"ISPB must be 8 digits, got {ispb!r}")
-    return _e2e_prefix(ispb, now) + _e2e_suffix(rng)
-
-
 def _e2e_prefix(ispb: str, now: datetime) -> str:
-    """The EndToEndId up to its random part; computed once per pay, whatever the plan's size."""
+    """An EndToEndId (`E` + 8-digit ISPB + `yyyyMMddHHmm` UTC + 11 alphanumerics = 32 chars) up
+    to its random part; computed once per pay, whatever the plan's size."""
     if now.tzinfo is None:  # a naive time is taken as UTC, the SPI's clock
         now = now.replace(tzinfo=UTC)
     return f"E{ispb}{now.astimezone(UTC).strftime('%Y%m%d%H%M')}"
@@ -255,7 +236,7 @@ def normalise_test_key(pix_key: str) -> str:
 
 
 def _transfer_from_json(raw: bytes | str) -> Transfer:
-    data = json.loads(_text(raw))
+    data = json.loads(as_str(raw))
     return Transfer(**{k: v for k, v in data.items() if k in _TRANSFER_FIELDS})
 
 
@@ -280,7 +261,7 @@ class SimulatedPixProvider(PixProvider):
         clock: Callable[[], datetime] = _utcnow,
         prefix: str = DEFAULT_PREFIX,
     ):
-        if len(ispb) != 8 or not ispb.isdigit():
+        if not is_ispb(ispb):
             raise ValueError(f"ispb must be 8 digits, got {ispb!r}")
         lo, hi = latency_ms
         if lo < 0 or hi < lo:
@@ -334,7 +315,7 @@ class SimulatedPixProvider(PixProvider):
         e2e_prefix = _e2e_prefix(self.ispb, now)
         steps, every_attempt = self._plan(idempotency_key, forced, now, e2e_prefix)
         masked = mask_pix_key(pix_key)
-        created_at = _iso_z(now)
+        created_at = utcnow(now)
         tail = json.dumps({"amount_cents": amount_cents, "created_at": created_at,
                            "external_id": external_id, "idempotency_key": idempotency_key,
                            "pix_key_masked": masked})[1:]
@@ -347,7 +328,7 @@ class SimulatedPixProvider(PixProvider):
         transfer_key = self._transfer_key(idempotency_key)
         tag, attempt, payload = self._pay_script(
             keys=[transfer_key, self._attempts_key(idempotency_key), self._index_key], args=args)
-        tag = _text(tag)
+        tag = as_str(tag)
 
         if tag == "E":
             return self._answer_existing(_transfer_from_json(payload), test_key)
@@ -362,7 +343,7 @@ class SimulatedPixProvider(PixProvider):
             record_json = step.head + tail
             stored = self._create(keys=[transfer_key, self._index_key],
                                   args=[record_json, idempotency_key])
-            if _text(stored) != record_json:  # another call recorded this key first
+            if as_str(stored) != record_json:  # another call recorded this key first
                 return self._answer_existing(_transfer_from_json(stored), test_key)
         if outcome.kind == _PERMANENT:
             raise PermanentProviderError(outcome.code, PERMANENT_REASONS[outcome.code])
@@ -386,7 +367,7 @@ class SimulatedPixProvider(PixProvider):
     def _as_of_now(self, transfer: Transfer) -> Transfer:
         """A pending transfer whose settlement time has come is settled."""
         if transfer.status == "pending" and transfer.settles_at \
-                and transfer.settles_at <= _iso_z(self._clock()):
+                and transfer.settles_at <= utcnow(self._clock()):
             return replace(transfer, status="settled")
         return transfer
 
@@ -396,7 +377,7 @@ class SimulatedPixProvider(PixProvider):
             keys = self._client.lrange(self._index_key, start, start + _INDEX_CHUNK - 1)
             if not keys:
                 return
-            raws = self._client.mget([self._transfer_key(_text(k)) for k in keys])
+            raws = self._client.mget([self._transfer_key(as_str(k)) for k in keys])
             for raw in raws:
                 if raw is not None:
                     yield self._as_of_now(_transfer_from_json(raw))
@@ -407,7 +388,7 @@ class SimulatedPixProvider(PixProvider):
     def attempts(self, idempotency_key: str) -> int:
         """How many pay attempts reached the decision step for this key (within the TTL)."""
         raw = self._client.get(self._attempts_key(idempotency_key))
-        return 0 if raw is None else int(_text(raw))
+        return 0 if raw is None else int(as_str(raw))
 
     def _answer_existing(self, transfer: Transfer, test_key: str) -> Transfer:
         """A recorded key's answer: AB03 while pending (or for settle.late), else the replay."""
@@ -471,7 +452,7 @@ class SimulatedPixProvider(PixProvider):
         # A test key draws nothing, so its e2e id comes from a fresh generator for the attempt.
         e2e_id = e2e_prefix + _e2e_suffix(rng or self._rng(idempotency_key, attempt))
         if outcome.kind == _SETTLE_LATE:
-            settles_at = _iso_z(now + timedelta(seconds=self.settlement_timeout_s / 2))
+            settles_at = utcnow(now + timedelta(seconds=self.settlement_timeout_s / 2))
             return _Step(outcome, f'{{"e2e_id": "{e2e_id}", "settles_at": "{settles_at}", '
                                   f'"status": "pending", ', e2e_id)
         return _Step(outcome, f'{{"e2e_id": "{e2e_id}", "status": "settled", ', e2e_id)

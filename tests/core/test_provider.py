@@ -6,6 +6,7 @@ These are the provider-side guarantees the settle path relies on for "paid exact
 from __future__ import annotations
 
 import json
+import re
 import string
 import threading
 import time
@@ -27,7 +28,6 @@ from payouts_core.provider import (
 from payouts_core.provider.simulated import (
     ATTEMPTS_TTL_S,
     E2E_ID_LEN,
-    E2E_ID_RE,
     PERMANENT_REASONS,
     RANDOM_PERMANENT_CODES,
     RANDOM_TRANSIENT_CODES,
@@ -35,12 +35,17 @@ from payouts_core.provider.simulated import (
     TRANSIENT_REASONS,
     SimulatedPixProvider,
     build_provider,
-    make_e2e_id,
 )
 from payouts_core.settings import Settings
 from payouts_devstack import free_port, start_redis
 
 ISPB = "13935893"
+# An EndToEndId (SPEC §6): E, the 8-digit ISPB, yyyyMMddHHmm (UTC), 11 alphanumerics.
+E2E_ID_RE = re.compile(
+    r"E(?P<ispb>[0-9]{8})"
+    r"(?P<timestamp>[0-9]{4}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])(?:[01][0-9]|2[0-3])[0-5][0-9])"
+    r"(?P<suffix>[A-Za-z0-9]{11})"
+)
 FIXED_NOW = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
 
 
@@ -101,16 +106,16 @@ def test_settled_transfer_shape(make_provider, uid):
     assert provider.lookup(f"k-{uid}") == transfer
 
 
-def test_make_e2e_id_uses_utc_and_validates_ispb():
+def test_e2e_ids_use_utc_and_the_ispb(make_provider, uid):
     brasilia = timezone(timedelta(hours=-3))
-    e2e = make_e2e_id("00000000", datetime(2026, 12, 31, 22, 30, tzinfo=brasilia), Random(1))
+    at_night = make_provider(ispb="00000000", clock=lambda: datetime(2026, 12, 31, 22, 30, tzinfo=brasilia))
+    e2e = pay(at_night, f"night-{uid}").e2e_id
     assert e2e.startswith("E00000000202701010130") and len(e2e) == 32
     assert E2E_ID_RE.fullmatch(e2e)
-    naive = make_e2e_id(ISPB, datetime(2026, 1, 2, 3, 4), Random(1))
-    assert naive.startswith(f"E{ISPB}202601020304")
-    assert make_e2e_id(ISPB, FIXED_NOW, Random(7)) == make_e2e_id(ISPB, FIXED_NOW, Random(7))
+    naive = make_provider(clock=lambda: datetime(2026, 1, 2, 3, 4))  # taken as UTC
+    assert pay(naive, f"naive-{uid}").e2e_id.startswith(f"E{ISPB}202601020304")
     with pytest.raises(ValueError):
-        make_e2e_id("1234567", FIXED_NOW, Random(1))
+        make_provider(ispb="1234567")
     assert not E2E_ID_RE.fullmatch("E" + ISPB + "202613011200" + "a" * 11)  # month 13
     assert not E2E_ID_RE.fullmatch("E" + ISPB + "202601011200" + "a-b_cdefghi")
 
