@@ -13,7 +13,7 @@ archived remainder of one). Timestamps are left out: they never decide anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from payouts_core.rules import (
@@ -41,9 +41,8 @@ LIFECYCLE: dict[tuple[BatchState | None, BatchState | None], str] = {
         "anyone (take_over_publishing: a replay of the POST, the sweeper) once the lease expired:"
         " a new lease token",
     (BatchState.ACCEPTING, BatchState.PROCESSING):
-        "the publisher holding the lease, or any publisher once it expired untaken (open_batch)",
-    (BatchState.PROCESSING, BatchState.PROCESSING):
-        "the publisher that opened it, again (open_batch: its redelivery, until `published`)",
+        "the publisher holding the lease, or any publisher once it expired untaken (open_batch);"
+        " later only that publisher may publish again (its redelivery), until `published`",
     (BatchState.ACCEPTING, None):
         "the lease holder whose publishing failed (discard_batch): nothing was paid",
     (BatchState.PROCESSING, BatchState.COMPLETED):
@@ -90,14 +89,12 @@ class Batch:
     state: BatchState
     items: list[dict]  # the public report entries, as stored
     orders: list[dict]  # external_id, amount_cents, pix_key (until final), terms, wait_for
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("processed", *COUNTER.values()), 0))
     events: int = 1  # the ledger outbox sequence: batch.accepted is event 1
     publisher: str | None = None
     published: bool = False
     lease: str | None = None
-
-    def __post_init__(self):
-        self.counters = {"processed": 0, **{name: 0 for name in COUNTER.values()}}
 
 
 @dataclass(frozen=True)
@@ -137,13 +134,14 @@ class Settlement:
         public = [{"external_id": i["external_id"], "user_id": i["user_id"],
                    "amount_cents": i["amount_cents"], "pix_key": i["pix_key_masked"],
                    "status": ItemStatus.PENDING.value, "attempts": 0} for i in items]
-        self.batches[client, batch_id] = Batch(BatchState.ACCEPTING, public, orders, lease=lease)
+        self._move(client, batch_id, None, Batch(BatchState.ACCEPTING, public, orders, lease=lease))
         return True
 
     def take_over_publishing(self, client: str, batch_id: str, token: str) -> bool:
         batch = self.batches.get((client, batch_id))
         if batch is None or batch.state != BatchState.ACCEPTING or batch.lease is not None:
             return False
+        self._move(client, batch_id, batch, batch)
         batch.lease = token
         return True
 
@@ -155,16 +153,17 @@ class Settlement:
         if batch.state == BatchState.ACCEPTING:
             if batch.lease is not None and batch.lease != publisher:
                 return False
-            batch.state, batch.publisher, batch.lease = BatchState.PROCESSING, publisher, None
-            batch.events += 1  # batch.published
+            self._move(client, batch_id, batch, replace(batch, state=BatchState.PROCESSING,
+                                                        publisher=publisher, lease=None,
+                                                        events=batch.events + 1))  # batch.published
             return True
-        return batch.publisher == publisher
+        return batch.publisher == publisher  # its own redelivery: publish again, no move
 
     def discard_batch(self, client: str, batch_id: str, lease: str) -> bool:
         batch = self.batches.get((client, batch_id))
         if batch is None or batch.lease != lease or batch.state != BatchState.ACCEPTING:
             return False
-        del self.batches[client, batch_id]
+        self._move(client, batch_id, batch, None)
         return True
 
     def complete_batch(self, client: str, batch_id: str) -> str:
@@ -175,8 +174,8 @@ class Settlement:
             return "completed"
         if batch.counters["processed"] < len(batch.items):
             return "incomplete"
-        batch.state = BatchState.COMPLETED
-        batch.events += 1  # batch.completed
+        self._move(client, batch_id, batch, replace(batch, state=BatchState.COMPLETED,
+                                                    events=batch.events + 1))  # batch.completed
         return "completed"
 
     def retire(self, client: str, batch_id: str, events: int) -> bool:
@@ -192,7 +191,7 @@ class Settlement:
                     and claim.held_by(batch_id, index)):
                 self.archived[key] = ArchivedClaim(claim.state, claim.gen, claim.terms[:TERMS_TAG_HEX])
                 del self.claims[key]
-        del self.batches[client, batch_id]
+        self._move(client, batch_id, batch, None)
         return True
 
     # -- submission ------------------------------------------------------------------------
@@ -351,6 +350,16 @@ class Settlement:
         return ItemStatus.DUPLICATE.value
 
     # -- shared steps ----------------------------------------------------------------------
+
+    def _move(self, client: str, batch_id: str, batch: Batch | None, to: Batch | None) -> None:
+        """Every batch state change goes through here: a move LIFECYCLE does not list is a bug."""
+        move = (batch and batch.state, to and to.state)
+        if move not in LIFECYCLE:
+            raise AssertionError(f"batch {batch_id}: {move} is not in LIFECYCLE")
+        if to is None:
+            del self.batches[client, batch_id]
+        else:
+            self.batches[client, batch_id] = to
 
     def _finish(self, batch: Batch, index: int, status: ItemStatus) -> None:
         """Move an item to a final status and count it; its order forgets the full PIX key."""
