@@ -35,7 +35,7 @@ app.config_from_object("celeryconfig")
 
 
 # Celery's own line per task received and succeeded: two INFO lines per item that say less than
-# our `settle outcome` line, at a cost in worker CPU (issue 12). Shown at LOG_LEVEL=debug.
+# our `settle outcome` line, at a cost in worker CPU (docs/BENCHMARKS.md). Shown at LOG_LEVEL=debug.
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
 

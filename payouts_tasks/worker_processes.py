@@ -1,7 +1,7 @@
 """`payouts-worker ARGS`: `celery -A payouts_tasks worker ARGS`, once per core (WORKER_PROCESSES).
 
 A gevent worker runs all its greenlets in one process, so it uses one core, and Celery has no pool
-that runs several gevent processes (issue 12; docs/BENCHMARKS.md, scale-1w / scale-2w). This
+that runs several gevent processes (docs/BENCHMARKS.md, scale-1w / scale-2w). This
 launcher starts WORKER_PROCESSES workers and supervises them as gunicorn's arbiter does its
 workers. With one process it execs celery itself, so that worker is exactly the process
 `celery ... worker` is. It never imports gevent (each child patches itself at its start) and
