@@ -159,6 +159,10 @@ class Settlement:
             return True
         return batch.publisher == publisher  # its own redelivery: publish again, no move
 
+    def mark_published(self, client: str, batch_id: str) -> None:
+        """Every message of the chord is in the broker: no publisher opens the batch again."""
+        self.batches[client, batch_id].published = True
+
     def discard_batch(self, client: str, batch_id: str, lease: str) -> bool:
         batch = self.batches.get((client, batch_id))
         if batch is None or batch.lease != lease or batch.state != BatchState.ACCEPTING:

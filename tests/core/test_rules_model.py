@@ -114,6 +114,17 @@ class SettlementMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.batches)
     @rule(n=st.integers(0, 99))
+    def mark_published(self, n):
+        """The publisher that opened the batch has sent every message (as payouts.publish does)."""
+        batch = self._pick(self.batches, n)
+        model_batch = self.model.batches.get(batch)
+        if model_batch is None or model_batch.publisher is None:
+            return
+        self.store.mark_published(self._ref(batch))
+        self.model.mark_published(*batch)
+
+    @precondition(lambda self: self.batches)
+    @rule(n=st.integers(0, 99))
     def lease_expires(self, n):
         batch = self._pick(self.batches, n)
         self.r.delete(batch_keys(self._ref(batch))[3])
@@ -323,9 +334,10 @@ class SettlementMachine(RuleBasedStateMachine):
             if expected is None:
                 assert (head, items, orders) == ({}, {}, {}), batch
                 continue
-            assert {k: head[k] for k in ("state", "processed", "successful", "failed",
-                                         "duplicates", "events")} == {
+            assert {k: head.get(k) for k in ("state", "processed", "successful", "failed",
+                                             "duplicates", "events", "published", "publisher")} == {
                 "state": expected.state.value, "events": str(expected.events),
+                "published": "1" if expected.published else None, "publisher": expected.publisher,
                 **{k: str(v) for k, v in expected.counters.items()}}, batch
             assert [json.loads(items[str(i)]) for i in range(len(items))] == expected.items, batch
             stored_orders = [json.loads(orders[str(i)]) for i in range(len(orders))]
