@@ -116,13 +116,14 @@ class Settlement:
         self.batches: dict[tuple[str, str], Batch] = {}
         self.claims: dict[tuple[str, str], Claim] = {}
         self.archived: dict[tuple[str, str], ArchivedClaim] = {}
+        self.retired: set[tuple[str, str]] = set()  # batch ids retired to the ledger: still taken
 
     # -- the batch lifecycle (LIFECYCLE) ---------------------------------------------------
 
     def create_batch(self, client: str, batch_id: str, items: list[dict], lease: str) -> bool:
         """Accept a batch: its items pending, a repeated external_id waiting for its first."""
-        if (client, batch_id) in self.batches:
-            return False
+        if (client, batch_id) in self.batches or (client, batch_id) in self.retired:
+            return False  # a batch_id names one payload forever
         first_seen: dict[str, int] = {}
         orders = []
         for index, item in enumerate(items):
@@ -196,6 +197,7 @@ class Settlement:
                 self.archived[key] = ArchivedClaim(claim.state, claim.gen, claim.terms[:TERMS_TAG_HEX])
                 del self.claims[key]
         self._move(client, batch_id, batch, None)
+        self.retired.add((client, batch_id))
         return True
 
     # -- submission ------------------------------------------------------------------------
