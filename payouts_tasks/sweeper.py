@@ -75,12 +75,17 @@ def retire_due(database_url: str, retention_s: int, limit: int = RETIRE_PER_SWEE
     retired = 0
     due_ms = int((time.time() - retention_s) * 1000)
     for ref in store.completed_before(due_ms, limit):
-        facts = store.retention_facts(ref)
         try:
+            facts = store.retention_facts(ref)
             held = facts is not None and ledger_holds(database_url, ref, facts)
         except psycopg.Error as exc:
             log.warning("sweep: the ledger is unreachable; nothing retired", extra={"error": str(exc)})
             return retired
+        except (ValueError, TypeError):  # an unreadable batch hash: kept, looked at later
+            SWEEP_ERRORS.inc()
+            log.exception("sweep: batch unreadable; not retired",
+                          extra={"client": ref.client, "batch_id": ref.batch_id})
+            held = False
         if not held:
             log.warning("sweep: batch past its retention is not all in the ledger yet; kept",
                         extra={"client": ref.client, "batch_id": ref.batch_id})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
+import pytest
+
 from payouts_core.store import BatchRef, Order, batch_keys, fingerprint
 from payouts_tasks.sweeper import sweep
 
@@ -30,19 +34,26 @@ def test_one_corrupt_batch_is_reported_and_the_others_are_still_swept(store, red
     assert store.summary(healthy)["status"] == "completed"
 
 
-def test_retirement_waits_for_the_ledger_and_does_not_block_the_others(store, ledger_url, uid):
-    """A batch past retention that the ledger lacks is kept and looked at later; others go on."""
+@pytest.fixture(scope="module")
+def empty_ledger(ledger_url):
+    """A migrated ledger database holding nothing: retirement never deletes the session's
+    batches from Redis here (other tests still read them)."""
     import psycopg
 
     from payouts_core.ledger.schema import upgrade
+
+    name = f"sweeper_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ledger_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ledger_url.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    return url
+
+
+def test_retirement_waits_for_the_ledger_and_does_not_block_the_others(store, empty_ledger, uid):
+    """A batch past retention that the ledger lacks is kept and looked at later; others go on."""
     from payouts_core.store import COMPLETED_BATCHES
     from payouts_tasks.sweeper import retire_due
-
-    empty_db = f"sweeper_{uid}"
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{empty_db}"')
-    empty_url = ledger_url.rsplit("/", 1)[0] + "/" + empty_db
-    upgrade(empty_url)
 
     ref = BatchRef("tests", f"unarchived-{uid}")
     store.create_batch(ref, fingerprint({"u": uid}), [Order(0, f"u-{uid}", "u", 1, "a@b.com", "a***")],
@@ -53,6 +64,18 @@ def test_retirement_waits_for_the_ledger_and_does_not_block_the_others(store, le
     assert store.complete_batch(ref)[0] == "completed"
     # The ledger (a migrated database with no such batch) does not hold it.
     before = store.client.zscore(COMPLETED_BATCHES, ref.member)
-    assert retire_due(empty_url, retention_s=0, limit=10_000) == 0
+    assert retire_due(empty_ledger, retention_s=0, limit=10_000) == 0
     assert store.batch_state(ref) == "completed"
     assert store.client.zscore(COMPLETED_BATCHES, ref.member) > before + 500_000
+
+
+def test_an_unreadable_completed_batch_never_stops_retirement(store, empty_ledger, uid):
+    """A corrupt batch hash is skipped (and looked at later); the sweep goes on."""
+    from payouts_core.store import COMPLETED_BATCHES
+    from payouts_tasks.sweeper import retire_due
+
+    ref = BatchRef("tests", f"corrupt-{uid}")
+    store.client.hset(batch_keys(ref)[0], mapping={"state": "completed", "events": "many"})
+    store.client.zadd(COMPLETED_BATCHES, {ref.member: 1})
+    assert retire_due(empty_ledger, retention_s=0, limit=10_000) == 0
+    assert store.client.zscore(COMPLETED_BATCHES, ref.member) > 1  # to be looked at again later
