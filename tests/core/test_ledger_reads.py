@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import string
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -165,7 +166,10 @@ def test_history_lists_redis_held_and_archived_batches_once_newest_first(store, 
 
 def test_history_bounds_by_creation_time_in_both_stores(store, ledger, uid):
     client = f"t{uid}"
-    refs = [settled_batch(store, client, f"b{i}", ["paid"]) for i in range(4)]
+    refs = []
+    for i in range(4):
+        refs.append(settled_batch(store, client, f"b{i}", ["paid"]))
+        time.sleep(0.003)  # bounds are in ms: two batches of one ms would both be inside
     for ref in refs:
         wait_archived(store, ref)
     forget_in_redis(store, refs[1])
