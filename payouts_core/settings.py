@@ -257,26 +257,25 @@ MAX_TRUSTED_PROXY_HOPS = 5
 # The regulatory per-transfer cap (Res. BCB 496/2025, R$ 15.000 for institutions not authorised
 # by the Banco Central): production refuses a higher PAYOUTS_MAX_AMOUNT_CENTS.
 REGULATORY_MAX_AMOUNT_CENTS = 1_499_999
-# One webhook attempt's hard wall-clock deadline: the lease (3 x it + 10 s) and the webhook
-# task's time limit must stay below the Redis visibility timeout, or a slow attempt is redelivered
-# while it still runs.
-WEBHOOK_TIME_LIMIT_SLACK_S = 5
-
-
-def webhook_lease_s(timeout_s: float) -> float:
-    """How long one attempt holds its delivery: longer than the attempt's hard deadline plus the
-    task's time limit slack, so no second attempt starts while the first can still be sending."""
-    return timeout_s + 2 * WEBHOOK_TIME_LIMIT_SLACK_S
+# One webhook attempt's hard wall-clock deadline is PAYOUTS_WEBHOOK_TIMEOUT_S. The webhook task's
+# time limit is the backstop past it, the attempt's lease outlives the task, and both must stay
+# below the Redis visibility timeout, or a slow attempt is redelivered while it still runs.
 
 
 def webhook_time_limit_s(timeout_s: float) -> float:
     """The webhook task's hard time limit: the attempt's own deadline answers first."""
-    return timeout_s + WEBHOOK_TIME_LIMIT_SLACK_S
+    return timeout_s + max(1.0, timeout_s / 2)
 
 
-def _ports(env: Mapping[str, str], name: str) -> tuple[int, ...] | None:
+def webhook_lease_s(timeout_s: float) -> float:
+    """How long one attempt holds its delivery: past the task's time limit, so no second attempt
+    starts while the first can still be sending."""
+    return webhook_time_limit_s(timeout_s) + 1.0
+
+
+def _ports(name: str, raw: str | None) -> tuple[int, ...] | None:
     """"" = the defaults (443, and 80 when plain HTTP is allowed), "*" = any port, else a list."""
-    raw = (env.get(name) or "").strip()
+    raw = (raw or "").strip()
     if raw == "*":
         return None
     try:
@@ -292,9 +291,9 @@ def _isolation(env: Mapping[str, str], visibility: int) -> dict:
     timeout = _float(env, "PAYOUTS_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 60.0)
     if webhook_lease_s(timeout) >= visibility:
         raise SettingsError(
-            f"PAYOUTS_WEBHOOK_TIMEOUT_S={timeout:g} + {2 * WEBHOOK_TIME_LIMIT_SLACK_S} s must stay below "
-            "PAYOUTS_VISIBILITY_TIMEOUT_S (a webhook attempt still running at the visibility timeout "
-            "is delivered twice)")
+            f"PAYOUTS_WEBHOOK_TIMEOUT_S={timeout:g} gives its attempts a lease of "
+            f"{webhook_lease_s(timeout):g} s, which must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
+            "(a webhook attempt still running at the visibility timeout is delivered twice)")
     token = env.get("PAYOUTS_METRICS_TOKEN") or ""
     if token and len(token) < MIN_API_KEY_LENGTH:
         raise SettingsError(f"PAYOUTS_METRICS_TOKEN must be at least {MIN_API_KEY_LENGTH} characters")
@@ -309,7 +308,7 @@ def _isolation(env: Mapping[str, str], visibility: int) -> dict:
                                        DEFAULT_MAX_BATCH_AMOUNT_CENTS, minimum=1),
         "max_daily_amount_cents": _int(env, "PAYOUTS_MAX_DAILY_AMOUNT_CENTS",
                                        DEFAULT_MAX_DAILY_AMOUNT_CENTS, minimum=1),
-        "webhook_ports": _ports(env, "PAYOUTS_WEBHOOK_PORTS"),
+        "webhook_ports": _ports("PAYOUTS_WEBHOOK_PORTS", env.get("PAYOUTS_WEBHOOK_PORTS")),
         "webhook_concurrency": _int(env, "PAYOUTS_WEBHOOK_CONCURRENCY", 100, minimum=1),
         "webhook_inflight_per_client": _int(env, "PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT", 20, minimum=1),
     }

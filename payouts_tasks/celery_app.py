@@ -10,6 +10,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 from payouts_core.ledger.schema import SchemaOutdated, check_schema_at_start
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
+from payouts_tasks.routing import ClientQueues
 
 
 class PayoutsTask(Task):
@@ -32,6 +33,8 @@ app = Celery(
              "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
 )
 app.config_from_object("celeryconfig")
+# Settlement workers consume every client's settle queue, a new client's within a second.
+app.steps["consumer"].add(ClientQueues)
 
 
 # Celery's own line per task received and succeeded: two INFO lines per item that say less than

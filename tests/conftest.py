@@ -124,9 +124,13 @@ def uid() -> str:
 
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory):
-    """One real worker (the Procfile's) on the session Redis; the fault suite starts its own."""
+    """One real worker (the Procfile's) on the session Redis, and the Procfile's webhook worker
+    beside it; the fault suite starts its own."""
     with Stack(tmp_path_factory.mktemp("worker")) as stack:
-        yield stack.start_worker()
+        settlement = stack.start_worker(wait=False)
+        webhooks = stack.start_webhook_worker(wait=False)
+        stack.wait_for_workers([settlement, webhooks])
+        yield settlement
 
 
 @pytest.fixture(scope="session")

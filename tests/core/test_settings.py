@@ -15,6 +15,8 @@ from payouts_core.settings import (
     SettingsError,
     key_digest,
     usable_cores,
+    webhook_lease_s,
+    webhook_time_limit_s,
 )
 from payouts_tasks.faults import armed_marker
 
@@ -165,10 +167,21 @@ def test_isolation_defaults():
     assert settings.max_batch_amount_cents <= settings.max_daily_amount_cents
 
 
+# The fault suite's: a killed worker's messages come back within 16 s.
+SHORT_REDELIVERY = {"PAYOUTS_VISIBILITY_TIMEOUT_S": "16", "PAYOUTS_SETTLE_TIME_LIMIT_S": "5",
+                    "PIX_SIM_SETTLEMENT_TIMEOUT_S": "2", "PAYOUTS_STALL_AFTER_S": "6",
+                    "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.5"}
+
+
+def test_a_webhook_attempts_deadline_time_limit_and_lease_nest_below_the_visibility_timeout():
+    settings = Settings.from_env({**SHORT_REDELIVERY, "PAYOUTS_WEBHOOK_TIMEOUT_S": "9"})
+    deadline = settings.webhook_timeout_s
+    assert deadline < webhook_time_limit_s(deadline) < webhook_lease_s(deadline) < 16
+
+
 @pytest.mark.parametrize(("env", "name"), [
     ({"PAYOUTS_WEBHOOK_TIMEOUT_S": "60"}, "PAYOUTS_WEBHOOK_TIMEOUT_S"),  # + 10 s slack = visibility 70
-    ({"PAYOUTS_WEBHOOK_TIMEOUT_S": "30", "PAYOUTS_VISIBILITY_TIMEOUT_S": "40",
-      "PAYOUTS_SETTLE_TIME_LIMIT_S": "41"}, "PAYOUTS_"),
+    ({**SHORT_REDELIVERY, "PAYOUTS_WEBHOOK_TIMEOUT_S": "10"}, "PAYOUTS_WEBHOOK_TIMEOUT_S"),
     ({"PAYOUTS_TRUSTED_PROXY_HOPS": "6"}, "PAYOUTS_TRUSTED_PROXY_HOPS"),
     ({"PAYOUTS_TRUSTED_PROXY_HOPS": "-1"}, "PAYOUTS_TRUSTED_PROXY_HOPS"),
     ({"PAYOUTS_METRICS_TOKEN": "short"}, "PAYOUTS_METRICS_TOKEN"),

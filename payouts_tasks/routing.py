@@ -1,0 +1,121 @@
+"""Which queue each task waits in, so that no client's backlog holds up another (SPEC §12).
+
+- `payouts.settle.<client>`: one queue per client for its settle and aggregate messages. A
+  worker consumes every client's queue, and the brokers serve them round-robin: kombu's Redis
+  transport rotates a queue to the end of its BRPOP list once it delivered; RabbitMQ pushes each
+  queue's consumer its own prefetch. So a new batch's items wait behind at most one message of
+  each other busy client, not behind the whole backlog; within a client the queue is FIFO, so its
+  batches keep their order.
+- `payouts.publish`: publish messages, never behind settle messages.
+- `payouts.webhooks`: deliveries, consumed only by the webhook worker (`payouts-worker
+  --webhooks`), so a slow receiver holds a webhook greenlet, never a settlement one.
+- `celery` (the default): the sweep.
+
+A client's queue is named in Redis (CLIENTS_KEY) by the publish task before its first chord, and
+every settlement worker starts consuming it within SYNC_S (ClientQueues); the configured clients'
+queues are consumed from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import bootsteps
+
+from payouts_core.resources import store_client
+from payouts_core.rules import encode_id
+from payouts_core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = "celery"
+PUBLISH_QUEUE = "payouts.publish"
+WEBHOOK_QUEUE = "payouts.webhooks"
+SETTLE_PREFIX = "payouts.settle."
+CLIENTS_KEY = "payouts:settle-clients"
+PER_CLIENT_TASKS = frozenset({"payouts.settle", "payouts.aggregate"})
+# How often a settlement worker looks for a new client's queue: a client's first batch ever
+# starts within this; every later batch at once (its queue is consumed already).
+SYNC_S = 1.0
+
+
+def settle_queue(client: str) -> str:
+    """The client's queue (percent-encoded: no client name can reach another's queue, nor hold
+    a topic exchange's `*` or `#`)."""
+    return SETTLE_PREFIX + encode_id(client)
+
+
+def route_task(name, args, kwargs, options, task=None, **_kw):
+    """Celery's task_routes hook (celeryconfig.py): settle and aggregate by their client (the
+    first argument), publish and webhook deliveries to their own queues, the rest by default."""
+    if name in PER_CLIENT_TASKS and args:
+        return {"queue": settle_queue(args[0])}
+    if name == "payouts.publish":
+        return {"queue": PUBLISH_QUEUE}
+    if name == "payouts.webhook_deliver":
+        return {"queue": WEBHOOK_QUEUE}
+    return None
+
+
+def configured_clients(settings: Settings) -> set[str]:
+    clients = {name for name, _ in settings.api_keys}
+    return clients | {"anonymous"} if settings.auth_disabled else clients
+
+
+def register_client(client: str, connection: redis.Redis | None = None) -> None:
+    """Make every settlement worker consume the client's queue (before its chord is published)."""
+    (connection or store_client()).sadd(CLIENTS_KEY, client)
+
+
+def known_clients(connection: redis.Redis | None = None, settings: Settings | None = None) -> set[str]:
+    members = (connection or store_client()).smembers(CLIENTS_KEY)
+    return configured_clients(settings or get_settings()) | {
+        m.decode() if isinstance(m, bytes) else m for m in members}
+
+
+class ClientQueues(bootsteps.StartStopStep):
+    """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume every known
+    client's settle queue, and each new one within SYNC_S."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.timer_ref = None
+
+    def start(self, c) -> None:
+        if PUBLISH_QUEUE not in c.app.amqp.queues.consume_from:
+            return  # the webhook worker, or one started for other queues only
+        self.sync(c)
+        self.timer_ref = c.timer.call_repeatedly(SYNC_S, self.sync, (c,), priority=10)
+
+    def stop(self, c) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def sync(self, c) -> None:
+        try:
+            clients = known_clients()
+        except redis.RedisError as exc:  # the store is down: try again next tick
+            log.warning("client queues not synced: %s", exc)
+            return
+        for client in sorted(clients):
+            queue = settle_queue(client)
+            if not c.task_consumer.consuming_from(queue):
+                consume(c, queue)
+
+
+def consume(c, name: str) -> None:
+    """Start consuming `name`, declared as Celery declares a queue it routes to (quorum queue and
+    topic exchange on RabbitMQ) and, on RabbitMQ, bound to the native delayed delivery exchange
+    as Celery binds the queues it knew at start: a settle retry's countdown reaches it."""
+    queue = c.app.amqp.queues[name]  # created by Celery's create-missing rules, as the publisher's
+    c.add_task_queue(name)
+    if c.connection.transport.driver_type == "amqp" and c.app.conf.task_default_queue_type == "quorum":
+        from kombu.transport.native_delayed_delivery import (
+            bind_queue_to_native_delayed_delivery_exchange,
+        )
+        with c.app.connection_for_write() as connection:
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
