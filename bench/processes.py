@@ -43,13 +43,18 @@ class BenchStack(Stack):
         self.worker_args = worker_args or []  # appended to the Procfile's worker command
         self.run_id = uuid.uuid4().hex[:8]
         self.api_key = secrets.token_urlsafe(32)
+        # A second client (tenant) for the fairness rows: its batch beside the first one's backlog.
+        self.neighbour_key = secrets.token_urlsafe(32)
         env = {k: v for k, v in os.environ.items() if not _PRODUCT_ENV.match(k)}
         env.update({
             # Measured as deployed: the production guard on, with a generated key (no example key,
             # no fault hook, auth on).
             "PAYOUTS_ENV": "production",
             "PAYOUTS_RATELIMIT_ENABLED": "false",
-            "PAYOUTS_API_KEYS": f"bench:{self.api_key}",
+            "PAYOUTS_API_KEYS": f"bench:{self.api_key},neighbour:{self.neighbour_key}",
+            # The value caps are not what is measured: 50,000 items of up to R$ 999 each pass.
+            "PAYOUTS_MAX_BATCH_AMOUNT_CENTS": str(10**12),
+            "PAYOUTS_MAX_DAILY_AMOUNT_CENTS": str(10**14),
             "WORKER_CONCURRENCY": str(concurrency),
             # Each worker the harness starts is one process (it starts as many as a row needs),
             # whatever the Procfile's launcher would fork for a WORKER_PROCESSES setting.
@@ -66,6 +71,10 @@ class BenchStack(Stack):
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def neighbour_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.neighbour_key}"}
 
     def start_api(self, **kwargs) -> Process:
         self.api = super().start_api(**kwargs)
