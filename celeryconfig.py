@@ -6,7 +6,7 @@ Each reliability choice is here for a failure it guards against; docs/RELIABILIT
 from kombu import Exchange, Queue
 
 from payouts_core.settings import get_settings, webhook_time_limit_s
-from payouts_tasks.routing import DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE
+from payouts_tasks.routing import DEFAULT_QUEUE, PUBLISH_QUEUE
 
 _settings = get_settings()
 
@@ -81,20 +81,21 @@ else:
     worker_prefetch_multiplier = 4
 
 # Fair time between clients (SPEC §12, payouts_tasks/routing.py): settle and aggregate wait in
-# their client's own queue, publish messages and webhook deliveries in theirs. The static queues
-# are declared as Celery declares a queue it creates on demand (each client's settle queue), so
-# both kinds are alike on either broker; a plain `celery worker` consumes them all, the Procfile's
-# settlement workers all but the webhooks queue (payouts-worker).
+# their client's own queue, publish messages and webhook deliveries in theirs. Every worker
+# consumes the two static queues below (and, through routing.ClientQueues, every client's); the
+# webhooks queue and the client queues are created where they are used, by Celery's
+# create-missing rules, declared alike on either broker (quorum queue, topic exchange on RabbitMQ).
+# Only the webhook worker (`payouts-worker --webhooks`) consumes the webhooks queue: declared by
+# every worker, RabbitMQ's delayed-delivery binding failed on workers that exclude it.
 task_routes = ("payouts_tasks.routing.route_task",)
 if _on_rabbitmq:
     task_create_missing_queue_type = "quorum"
     task_create_missing_queue_exchange_type = "topic"
     task_queues = [Queue(name, Exchange(name, type="topic"), routing_key=name,
                          queue_arguments={"x-queue-type": "quorum"})
-                   for name in (DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE)]
+                   for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
 else:
-    task_queues = [Queue(name, Exchange(name), routing_key=name)
-                   for name in (DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE)]
+    task_queues = [Queue(name, Exchange(name), routing_key=name) for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
 
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
 broker_pool_limit = max(_settings.worker_concurrency, 10)

@@ -33,6 +33,7 @@ from payouts_api.problems import Problem
 from payouts_core.ledger.backlog import outbox_backlog
 from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
+from payouts_tasks.routing import WEBHOOK_QUEUE, known_clients, settle_queue
 
 bp = Blueprint("metrics", __name__)
 
@@ -79,7 +80,7 @@ class SettlementCollector(Collector):
     def collect(self):
         try:
             stats = self.store.stats()
-            depths = _queue_depths()
+            depths = _queue_depths(self.store)
         except (redis.RedisError, OperationalError):
             return
         items = GaugeMetricFamily("payouts_items_final", "Items that reached a final status, ever.",
@@ -122,12 +123,19 @@ class LedgerBacklogCollector(Collector):
                                 value=self.outbox_max)
 
 
-def _queue_depths() -> dict[str, int]:
+def _queue_names(store) -> list[str]:
+    """The static queues, the webhooks queue and every known client's settle queue."""
+    clients = known_clients(store.client, current_app.config["SETTINGS"])
+    return sorted({*celery_app.amqp.queues, WEBHOOK_QUEUE, *map(settle_queue, clients)})
+
+
+def _queue_depths(store) -> dict[str, int]:
     """Messages waiting per queue, over a connection of the app's broker pool (a scrape opened
     one connection per call before, a cost any caller could multiply)."""
     depths = {}
+    names = _queue_names(store)
     with celery_app.pool.acquire(block=True, timeout=5) as conn:
-        for queue in sorted(celery_app.amqp.queues):
+        for queue in names:
             channel = conn.channel()  # a passive declare of a missing queue closes its channel
             try:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count

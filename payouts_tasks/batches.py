@@ -20,7 +20,7 @@ from payouts_core.value_caps import DailyValue, batch_value, check_batch_value
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.celery_app import app
 from payouts_tasks.chord_messages import publish_chord
-from payouts_tasks.routing import register_client
+from payouts_tasks.routing import publishing_turn, register_client
 from payouts_tasks.settle import settle
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,14 @@ def publish(self, client: str, batch_id: str, total: int, lease: str = "") -> st
     """
     store = get_store()
     ref = BatchRef(client, batch_id)
-    if not store.open_batch(ref, lease):
-        return "skipped"
-    try:
-        publish_batch(ref, total)
-    except OperationalError as exc:  # the broker went away mid-publish: publish again later
-        raise self.retry(countdown=1, exc=exc) from exc
-    store.mark_published(ref)
+    with publishing_turn(client):  # the client's batches keep their order (routing.py)
+        if not store.open_batch(ref, lease):
+            return "skipped"
+        try:
+            publish_batch(ref, total)
+        except OperationalError as exc:  # the broker went away mid-publish: publish again later
+            raise self.retry(countdown=1, exc=exc) from exc
+        store.mark_published(ref)
     return "published"
 
 

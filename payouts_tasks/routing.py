@@ -8,7 +8,8 @@
   batches keep their order.
 - `payouts.publish`: publish messages, never behind settle messages.
 - `payouts.webhooks`: deliveries, consumed only by the webhook worker (`payouts-worker
-  --webhooks`), so a slow receiver holds a webhook greenlet, never a settlement one.
+  --webhooks`), so a slow receiver holds a webhook greenlet, never a settlement one. Like the
+  client queues it is declared where it is used (publisher, webhook worker), not by every worker.
 - `celery` (the default): the sweep.
 
 A client's queue is named in Redis (CLIENTS_KEY) by the publish task before its first chord, and
@@ -19,6 +20,9 @@ queues are consumed from the start.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from celery import bootsteps
@@ -38,6 +42,10 @@ PER_CLIENT_TASKS = frozenset({"payouts.settle", "payouts.aggregate"})
 # How often a settlement worker looks for a new client's queue: a client's first batch ever
 # starts within this; every later batch at once (its queue is consumed already).
 SYNC_S = 1.0
+# A publish waits at most this long for the client's earlier publish (whose worker may have died)
+# before it publishes anyway: order is kept when all goes well, never at the cost of progress.
+ORDER_WAIT_S = 30.0
+ORDER_KEEP_S = 24 * 3600
 
 
 def settle_queue(client: str) -> str:
@@ -74,6 +82,48 @@ def known_clients(connection: redis.Redis | None = None, settings: Settings | No
         m.decode() if isinstance(m, bytes) else m for m in members}
 
 
+@contextmanager
+def publishing_turn(client: str, connection: redis.Redis | None = None,
+                    wait_s: float = ORDER_WAIT_S) -> Iterator[int]:
+    """One client's chords are published one at a time, in the order their publish tasks started
+    (a ticket lock in Redis), so each chord's messages are contiguous in the client's FIFO queue
+    and its batches complete in their order. Measured without it: five 10,000-item batches posted
+    0.4 s apart were published concurrently, interleaved, and all completed together at the end."""
+    r = connection or store_client()
+    tickets, served = (f"payouts:publish-ticket:{encode_id(client)}",
+                       f"payouts:publish-served:{encode_id(client)}")
+    with r.pipeline(transaction=True) as pipe:
+        pipe.incr(tickets)
+        pipe.expire(tickets, ORDER_KEEP_S)
+        pipe.expire(served, ORDER_KEEP_S)
+        ticket = pipe.execute()[0]
+    deadline = time.monotonic() + wait_s
+    while int(r.get(served) or 0) < ticket - 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield ticket
+    finally:
+        _serve(r, served, ticket)
+
+
+def _serve(r: redis.Redis, served: str, ticket: int) -> None:
+    """served = max(served, ticket): a publish that went ahead after waiting out a dead one's turn
+    is not moved back when that one ends after all."""
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(served)
+                if int(pipe.get(served) or 0) >= ticket:
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.set(served, ticket, ex=ORDER_KEEP_S)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
 class ClientQueues(bootsteps.StartStopStep):
     """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume every known
     client's settle queue, and each new one within SYNC_S."""
@@ -83,11 +133,13 @@ class ClientQueues(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self.timer_ref = None
+        self.scheduled: set[str] = set()
 
     def start(self, c) -> None:
         if PUBLISH_QUEUE not in c.app.amqp.queues.consume_from:
             return  # the webhook worker, or one started for other queues only
-        self.sync(c)
+        # Not now: until the event loop starts, the consumer has no callback, and py-amqp rejects
+        # (drops) what a queue added now delivers. The first tick comes after the loop started.
         self.timer_ref = c.timer.call_repeatedly(SYNC_S, self.sync, (c,), priority=10)
 
     def stop(self, c) -> None:
@@ -96,6 +148,8 @@ class ClientQueues(bootsteps.StartStopStep):
             self.timer_ref = None
 
     def sync(self, c) -> None:
+        if c.task_consumer is None or not (c.task_consumer.on_message or c.task_consumer.callbacks):
+            return  # the event loop has not started consuming yet
         try:
             clients = known_clients()
         except redis.RedisError as exc:  # the store is down: try again next tick
@@ -103,8 +157,20 @@ class ClientQueues(bootsteps.StartStopStep):
             return
         for client in sorted(clients):
             queue = settle_queue(client)
-            if not c.task_consumer.consuming_from(queue):
-                consume(c, queue)
+            if queue not in self.scheduled and not c.task_consumer.consuming_from(queue):
+                # In the consumer's own loop (as Celery's add_consumer control does): the broker
+                # connection belongs to it, and a second greenlet using it (py-amqp on gevent)
+                # broke a basic_consume halfway, and the broker's deliveries were rejected.
+                self.scheduled.add(queue)
+                c.call_soon(self._consume, c, queue)
+
+    def _consume(self, c, queue: str) -> None:
+        try:
+            consume(c, queue)
+        except Exception:  # noqa: BLE001 - the broker refused: try again next tick
+            log.exception("could not consume %s yet", queue)
+        finally:
+            self.scheduled.discard(queue)
 
 
 def consume(c, name: str) -> None:
@@ -112,10 +178,15 @@ def consume(c, name: str) -> None:
     topic exchange on RabbitMQ) and, on RabbitMQ, bound to the native delayed delivery exchange
     as Celery binds the queues it knew at start: a settle retry's countdown reaches it."""
     queue = c.app.amqp.queues[name]  # created by Celery's create-missing rules, as the publisher's
-    c.add_task_queue(name)
     if c.connection.transport.driver_type == "amqp" and c.app.conf.task_default_queue_type == "quorum":
         from kombu.transport.native_delayed_delivery import (
             bind_queue_to_native_delayed_delivery_exchange,
+            declare_native_delayed_delivery_exchanges_and_queues,
         )
         with c.app.connection_for_write() as connection:
+            # Idempotent; this step may run before Celery's DelayedDelivery step declared them.
+            declare_native_delayed_delivery_exchanges_and_queues(
+                connection, c.app.conf.broker_native_delayed_delivery_queue_type)
+            queue(connection.default_channel).declare()
             bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    c.add_task_queue(name)
