@@ -39,6 +39,7 @@ from bench.profiling import Profiler
 from bench.redis_ops import RedisOpsMeter
 from bench.report import Row
 from bench.sampling import Sampler
+from bench.trickle import TrickleServer
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
 from payouts_core.settings import Settings
@@ -67,13 +68,14 @@ class Sizes:
     scale_processes: tuple[int, ...] = (1, 2, 4)
     scale_zero_items: int = 5_000
     fairness_batches: int = 5
+    trickle_interval: float = 9.0
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
               floor_items=50, seed_latency_ms="0-10", hostile_runs=1, scale_processes=(1, 2),
-              scale_zero_items=50, fairness_batches=2,
+              scale_zero_items=50, fairness_batches=2, trickle_interval=0.5,
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -292,13 +294,15 @@ class Bench:
     def queue_depths(self, client: redis.Redis, broker: bool = True) -> dict[str, tuple[int, int]]:
         """Task queue -> (queued, unacknowledged) on whichever broker the stack uses: the default,
         publish and webhooks queues and every client's settle queue (payouts_tasks/routing.py).
-        On Redis the unacknowledged messages are counted once, under "unacked". `broker=False`:
+        On Redis the unacknowledged messages are counted by their routing key. `broker=False`:
         the Redis of `client` whatever the stack's broker (the floor's database)."""
         if self.stack.vhost is None or not broker:
             names = [DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE,
                      *(k.decode() for k in client.scan_iter(f"{SETTLE_PREFIX}*", count=1000))]
             depths = {name: (client.llen(name), 0) for name in names}
-            depths["unacked"] = (0, client.hlen("unacked"))
+            for held in client.hvals("unacked"):  # [message, exchange, routing key]
+                name = json.loads(held)[2]
+                depths[name] = (depths.get(name, (0, 0))[0], depths.get(name, (0, 0))[1] + 1)
             return depths
         listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", self.stack.vhost.name,
                                  "name", "messages_ready", "messages_unacknowledged"],
@@ -311,8 +315,9 @@ class Bench:
         return depths
 
     def broker_backlog(self, client: redis.Redis, broker: bool = True) -> tuple[int, int]:
-        """(queued, unacknowledged) task messages over every task queue."""
-        depths = self.queue_depths(client, broker).values()
+        """(queued, unacknowledged) settlement messages: every task queue but the webhooks one
+        (the slow-receivers rows keep deliveries in flight on purpose)."""
+        depths = [d for name, d in self.queue_depths(client, broker).items() if name != WEBHOOK_QUEUE]
         return sum(q for q, _ in depths), sum(u for _, u in depths)
 
     def leftovers(self, client: redis.Redis, wait_s: float = 10.0, broker: bool = True) -> list[str]:
@@ -584,7 +589,7 @@ class Bench:
         seen); returns their reports' `completed_at`, in the runs' order."""
         deadline, completed = time.perf_counter() + timeout, []
         for run in runs:
-            while run.seconds is None and time.perf_counter() < deadline:
+            while run.seconds is None:  # asked at least once, even past the deadline
                 response = self.http.get(f"{url}/{run.batch_id}", timeout=60)
                 status = _STATUS.search(response.content[:2048])
                 if status and status[1] == b"completed":
@@ -594,10 +599,55 @@ class Bench:
                     problems.extend(f"{run.batch_id}: {p}" for p in found)
                     completed.append(report["completed_at"])
                     break
+                if time.perf_counter() > deadline:
+                    break
                 time.sleep(POLL_S)
             if run.seconds is None:
                 problems.append(f"{run.batch_id} not completed after {timeout:.0f} s")
         return completed
+
+    def slow_receivers(self) -> list[Row]:
+        """Issue 20: the seed-profile batch without, then with, 100 webhook endpoints (10 clients x
+        10) trickling one byte every `trickle_interval` s to the webhook worker (the Procfile's
+        line, production webhook settings). Settlement must not notice: items/s with >= 0.95x
+        without. Loopback receivers need development's webhook flags in the API and the webhook
+        worker; the settlement workers run as in every other row."""
+        loopback = {"PAYOUTS_ENV": "development", "PAYOUTS_WEBHOOKS_ALLOW_HTTP": "true",
+                    "PAYOUTS_WEBHOOKS_ALLOW_PRIVATE": "true", "PAYOUTS_WEBHOOK_PORTS": "*"}
+        self.stack.restart_api(loopback)
+        hooks_worker = self.stack.start_webhook_worker(env=loopback)
+        server = TrickleServer(self.sizes.trickle_interval).start()
+        try:
+            without = self.seed_profile("slow-receivers-off")
+            url = f"{self.stack.api_url}/api"
+            for name, key in self.stack.hook_keys.items():
+                auth = {"Authorization": f"Bearer {key}"}
+                for n in range(10):
+                    answer = requests.post(f"{url}/webhooks", headers=auth, timeout=30, json={
+                        "url": f"http://127.0.0.1:{server.port}/{name}/{n}"})
+                    answer.raise_for_status()
+                answer = requests.post(f"{url}/payouts", headers=auth, timeout=30,
+                                       json=make_batch(f"{name}-{self.stack.run_id}", 1))
+                answer.raise_for_status()
+            deadline = time.monotonic() + 60
+            while server.open < 100 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            open_before = server.open
+            with_receivers = self.seed_profile("slow-receivers-on")
+            open_after = server.open
+        finally:
+            server.stop()
+            self.stack.stop([hooks_worker])
+            self.stack.restart_api({})
+        ratio = (with_receivers.items_per_s / without.items_per_s
+                 if with_receivers.items_per_s and without.items_per_s else None)
+        with_receivers.notes.insert(0, f"{open_before} trickling connections open when the batch was "
+                                       f"posted, {open_after} when it completed ({server.connections} "
+                                       f"accepted, one byte every {self.sizes.trickle_interval:g} s); "
+                                       + (f"{ratio:.2f}x the items/s without them" if ratio else ""))
+        with_receivers.extra.update(trickling_open=[open_before, open_after],
+                                    items_per_s_ratio=_round(ratio, 3))
+        return [without, with_receivers]
 
     def recovery(self) -> Row:
         """Issue 11: the worker SIGKILLed twice, a few seconds apart, during a 1,000-item batch, a
@@ -741,7 +791,9 @@ SCENARIOS = {
     "efi": efi_scenario.run,
     "ledger": ledger,
     "fairness": Bench.fairness,
+    "slow-receivers": Bench.slow_receivers,
 }
-# On request: hostile (issue 10), recovery (issue 11, minutes of waiting for redelivery on Redis)
-# and fairness (issue 20, 50,000 items).
-DEFAULT_SCENARIOS = [name for name in SCENARIOS if name not in ("hostile", "recovery", "fairness")]
+# On request: hostile (issue 10), recovery (issue 11, minutes of waiting for redelivery on Redis),
+# fairness and slow-receivers (issue 20: 50,000 items; 100 trickling webhook receivers).
+DEFAULT_SCENARIOS = [name for name in SCENARIOS
+                     if name not in ("hostile", "recovery", "fairness", "slow-receivers")]
