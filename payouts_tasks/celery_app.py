@@ -33,7 +33,7 @@ app = Celery(
              "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
 )
 app.config_from_object("celeryconfig")
-# Settlement workers consume every client's settle queue, a new client's within a second.
+# Settlement workers consume every client's settle queue, a new client's within 1-3 s.
 app.steps["consumer"].add(ClientQueues)
 
 

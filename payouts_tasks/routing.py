@@ -13,8 +13,9 @@
 - `celery` (the default): the sweep.
 
 A client's queue is named in Redis (CLIENTS_KEY) by the publish task before its first chord, and
-every settlement worker starts consuming it within SYNC_S (ClientQueues); the configured clients'
-queues are consumed from the start.
+every settlement worker starts consuming it within 1-3 s (ClientQueues: a check every SYNC_S, the
+queue added in the consumer's loop, which turns at least every 2 s); the configured clients'
+queues the same way, in a worker's first seconds.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _serve(r: redis.Redis, served: str, ticket: int) -> None:
 
 class ClientQueues(bootsteps.StartStopStep):
     """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume every known
-    client's settle queue, and each new one within SYNC_S."""
+    client's settle queue, each new one within 1-3 s (a client's first batch ever waits that long;
+    so does every batch in a worker's first seconds)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
