@@ -14,8 +14,8 @@
 
 A client's queue is named in Redis (CLIENTS_KEY) by the publish task before its first chord, and
 every settlement worker starts consuming it within 1-3 s (ClientQueues: a check every SYNC_S, the
-queue added in the consumer's loop, which turns at least every 2 s); the configured clients'
-queues the same way, in a worker's first seconds.
+queue added in the consumer's loop, which turns at least every 2 s). The clients known when a
+settlement worker starts are consumed from its first message (consume_clients_from_start).
 """
 
 from __future__ import annotations
@@ -125,10 +125,24 @@ def _serve(r: redis.Redis, served: str, ticket: int) -> None:
                 continue
 
 
+def consume_clients_from_start(app, options: dict) -> None:
+    """celeryd_init: a settlement worker (started without -Q) consumes every client known now
+    from its first message, as its static queues: added later by ClientQueues, a batch posted in
+    a worker's first seconds waited for its queue (its items idle, re-driven by the sweeper). The
+    webhook worker (-Q payouts.webhooks) gets none."""
+    if options.get("queues"):
+        return
+    try:
+        clients = known_clients()
+    except redis.RedisError:  # the store is down: the configured ones now, the rest by ClientQueues
+        clients = configured_clients(get_settings())
+    for client in sorted(clients):
+        app.amqp.queues.select_add(settle_queue(client))
+
+
 class ClientQueues(bootsteps.StartStopStep):
-    """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume every known
-    client's settle queue, each new one within 1-3 s (a client's first batch ever waits that long;
-    so does every batch in a worker's first seconds)."""
+    """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume each client
+    registered after the worker started within 1-3 s (its first batch ever waits that long)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
