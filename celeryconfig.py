@@ -3,7 +3,10 @@
 Each reliability choice is here for a failure it guards against; docs/RELIABILITY.md lists them.
 """
 
-from payouts_core.settings import get_settings
+from kombu import Exchange, Queue
+
+from payouts_core.settings import get_settings, webhook_time_limit_s
+from payouts_tasks.routing import DEFAULT_QUEUE, PUBLISH_QUEUE
 
 _settings = get_settings()
 
@@ -77,6 +80,23 @@ else:
     # greenlets busy). A message waits behind at most 3 others of its slot before it runs.
     worker_prefetch_multiplier = 4
 
+# Fair time between clients (SPEC §12, payouts_tasks/routing.py): settle and aggregate wait in
+# their client's own queue, publish messages and webhook deliveries in theirs. Every worker
+# consumes the two static queues below (and, through routing.ClientQueues, every client's); the
+# webhooks queue and the client queues are created where they are used, by Celery's
+# create-missing rules, declared alike on either broker (quorum queue, topic exchange on RabbitMQ).
+# Only the webhook worker (`payouts-worker --webhooks`) consumes the webhooks queue: declared by
+# every worker, RabbitMQ's delayed-delivery binding failed on workers that exclude it.
+task_routes = ("payouts_tasks.routing.route_task",)
+if _on_rabbitmq:
+    task_create_missing_queue_type = "quorum"
+    task_create_missing_queue_exchange_type = "topic"
+    task_queues = [Queue(name, Exchange(name, type="topic"), routing_key=name,
+                         queue_arguments={"x-queue-type": "quorum"})
+                   for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
+else:
+    task_queues = [Queue(name, Exchange(name), routing_key=name) for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
+
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
 broker_pool_limit = max(_settings.worker_concurrency, 10)
 redis_max_connections = max(_settings.worker_concurrency * 2, 100)
@@ -98,7 +118,12 @@ result_backend_max_retries = 30
 # The provider's own deadline answers first (AB03); the hard limit is the backstop for a call
 # that hangs. A settle killed by it is re-driven by the sweeper, which settles it from the
 # provider's ledger once its attempts are used up.
-task_annotations = {"payouts.settle": {"time_limit": _settings.settle_time_limit_s}}
+# A webhook attempt ends at its own wall-clock deadline (PAYOUTS_WEBHOOK_TIMEOUT_S); the time limit
+# is the backstop, and the attempt's lease outlives both (settings.webhook_lease_s).
+task_annotations = {
+    "payouts.settle": {"time_limit": _settings.settle_time_limit_s},
+    "payouts.webhook_deliver": {"time_limit": webhook_time_limit_s(_settings.webhook_timeout_s)},
+}
 
 beat_schedule = {
     "sweep-unfinished-batches": {"task": "payouts.sweep", "schedule": float(_settings.sweep_interval_s)},

@@ -43,13 +43,21 @@ class BenchStack(Stack):
         self.worker_args = worker_args or []  # appended to the Procfile's worker command
         self.run_id = uuid.uuid4().hex[:8]
         self.api_key = secrets.token_urlsafe(32)
+        # A second client (tenant) for the fairness rows: its batch beside the first one's backlog.
+        self.neighbour_key = secrets.token_urlsafe(32)
+        # Ten more clients for the slow-receivers rows: at most 10 webhook endpoints per client.
+        self.hook_keys = {f"hooks{i}": secrets.token_urlsafe(32) for i in range(10)}
         env = {k: v for k, v in os.environ.items() if not _PRODUCT_ENV.match(k)}
         env.update({
             # Measured as deployed: the production guard on, with a generated key (no example key,
             # no fault hook, auth on).
             "PAYOUTS_ENV": "production",
             "PAYOUTS_RATELIMIT_ENABLED": "false",
-            "PAYOUTS_API_KEYS": f"bench:{self.api_key}",
+            "PAYOUTS_API_KEYS": ",".join([f"bench:{self.api_key}", f"neighbour:{self.neighbour_key}",
+                                          *(f"{name}:{key}" for name, key in self.hook_keys.items())]),
+            # The value caps are not what is measured: 50,000 items of up to R$ 999 each pass.
+            "PAYOUTS_MAX_BATCH_AMOUNT_CENTS": str(10**12),
+            "PAYOUTS_MAX_DAILY_AMOUNT_CENTS": str(10**14),
             "WORKER_CONCURRENCY": str(concurrency),
             # Each worker the harness starts is one process (it starts as many as a row needs),
             # whatever the Procfile's launcher would fork for a WORKER_PROCESSES setting.
@@ -67,9 +75,18 @@ class BenchStack(Stack):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
+    @property
+    def neighbour_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.neighbour_key}"}
+
     def start_api(self, **kwargs) -> Process:
         self.api = super().start_api(**kwargs)
         return self.api
+
+    def restart_api(self, env: dict[str, str]) -> Process:
+        """The API again with `env` on top of the base env (e.g. loopback webhooks allowed)."""
+        self.stop([self.api])
+        return self.start_api(env=env)
 
     def ensure_workers(self, env: dict[str, str], count: int) -> list[Process]:
         """`count` product worker processes running with `env` on top of the base env (restarted if

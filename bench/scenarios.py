@@ -39,10 +39,12 @@ from bench.profiling import Profiler
 from bench.redis_ops import RedisOpsMeter
 from bench.report import Row
 from bench.sampling import Sampler
+from bench.trickle import TrickleServer
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
 from payouts_core.settings import Settings
 from payouts_core.store import PayoutStore
+from payouts_tasks.routing import DEFAULT_QUEUE, PUBLISH_QUEUE, SETTLE_PREFIX, WEBHOOK_QUEUE, settle_queue
 
 POLL_S = 0.1
 FIRST_POLL_S = 0.02  # while waiting for a batch's first final item (post-10k)
@@ -65,13 +67,15 @@ class Sizes:
     hostile_runs: int = 3
     scale_processes: tuple[int, ...] = (1, 2, 4)
     scale_zero_items: int = 5_000
+    fairness_batches: int = 5
+    trickle_interval: float = 9.0
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
               floor_items=50, seed_latency_ms="0-10", hostile_runs=1, scale_processes=(1, 2),
-              scale_zero_items=50,
+              scale_zero_items=50, fairness_batches=2, trickle_interval=0.5,
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -287,25 +291,40 @@ class Bench:
             sampler.redis_ops = meter.ops
             yield sampler
 
-    def broker_backlog(self, client: redis.Redis) -> tuple[int, int]:
-        """(queued, unacknowledged) task messages, on whichever broker the stack uses."""
-        if self.stack.vhost is None:
-            return client.llen("celery"), client.hlen("unacked")
+    def queue_depths(self, client: redis.Redis, broker: bool = True) -> dict[str, tuple[int, int]]:
+        """Task queue -> (queued, unacknowledged) on whichever broker the stack uses: the default,
+        publish and webhooks queues and every client's settle queue (payouts_tasks/routing.py).
+        On Redis the unacknowledged messages are counted by their routing key. `broker=False`:
+        the Redis of `client` whatever the stack's broker (the floor's database)."""
+        if self.stack.vhost is None or not broker:
+            names = [DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE,
+                     *(k.decode() for k in client.scan_iter(f"{SETTLE_PREFIX}*", count=1000))]
+            depths = {name: (client.llen(name), 0) for name in names}
+            for held in client.hvals("unacked"):  # [message, exchange, routing key]
+                name = json.loads(held)[2]
+                depths[name] = (depths.get(name, (0, 0))[0], depths.get(name, (0, 0))[1] + 1)
+            return depths
         listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", self.stack.vhost.name,
                                  "name", "messages_ready", "messages_unacknowledged"],
                                 capture_output=True, text=True, timeout=60).stdout
+        depths = {}
         for line in listed.splitlines():
             name, *counts = line.split("\t")
-            if name == "celery":
-                return int(counts[0]), int(counts[1])
-        return 0, 0
+            if name in (DEFAULT_QUEUE, PUBLISH_QUEUE, WEBHOOK_QUEUE) or name.startswith(SETTLE_PREFIX):
+                depths[name] = (int(counts[0]), int(counts[1]))
+        return depths
+
+    def broker_backlog(self, client: redis.Redis, broker: bool = True) -> tuple[int, int]:
+        """(queued, unacknowledged) settlement messages: every task queue but the webhooks one
+        (the slow-receivers rows keep deliveries in flight on purpose)."""
+        depths = [d for name, d in self.queue_depths(client, broker).items() if name != WEBHOOK_QUEUE]
+        return sum(q for q, _ in depths), sum(u for _, u in depths)
 
     def leftovers(self, client: redis.Redis, wait_s: float = 10.0, broker: bool = True) -> list[str]:
         """Messages still queued or unacknowledged, and chords whose counters are still open."""
         deadline = time.monotonic() + wait_s
         while True:
-            queued, unacked = self.broker_backlog(client) if broker else (client.llen("celery"),
-                                                                         client.hlen("unacked"))
+            queued, unacked = self.broker_backlog(client, broker)
             open_chords = [k for k in client.scan_iter("celery-taskset-meta-*", count=1000)
                            if k.endswith((b".j", b".s", b".t", b".d"))]
             if not (queued or unacked or open_chords) or time.monotonic() > deadline:
@@ -491,6 +510,145 @@ class Bench:
         self.stack.stop_workers()
         return row
 
+    def fairness(self) -> Row:
+        """Issue 20: client A posts `fairness_batches` batches of `zero_items` items, then client B
+        10 items: seconds from B's 202 to B's report `completed`, with the A messages still queued
+        ahead of it counted when B posts. Latency of the seed profile, no failures (B's slowest
+        provider call is 2 s). A's batches must complete too, in their order (one queue a client)."""
+        env = {"PIX_SIM_LATENCY_MS": self.sizes.seed_latency_ms, "PIX_SIM_SEED": "bench"}
+        self.stack.ensure_workers(env, self.processes)
+        url = f"{self.stack.api_url}/api/payouts"
+        neighbour = requests.Session()
+        neighbour.headers.update(self.stack.neighbour_headers)
+        a_runs, problems = [], []
+        a_total = self.sizes.fairness_batches * self.sizes.zero_items
+        with self.measure("fairness") as sampler:
+            started = time.perf_counter()
+            for _ in range(self.sizes.fairness_batches):
+                batch_id = self.batch_id("fairness-a")
+                posted = time.perf_counter()
+                answer = self.http.post(url, data=json.dumps(make_batch(batch_id, self.sizes.zero_items)),
+                                        headers={"Content-Type": "application/json"}, timeout=120)
+                a_runs.append(BatchRun(batch_id, self.sizes.zero_items, time.perf_counter() - posted))
+                if answer.status_code != 202:
+                    problems.append(f"A's POST answered {answer.status_code}: {answer.text[:200]}")
+            # Every A batch published: its messages queued or already taken.
+            a_queue = settle_queue("bench")
+            deadline = time.perf_counter() + 60
+            while time.perf_counter() < deadline:
+                queued, unacked = self.queue_depths(self.redis).get(a_queue, (0, 0))
+                if queued + unacked + sum(self._processed(url, r.batch_id) for r in a_runs) >= 0.99 * a_total:
+                    break
+                time.sleep(0.2)
+            ahead = self.queue_depths(self.redis).get(a_queue, (0, 0))[0]
+            b_id = self.batch_id("fairness-b")
+            posted = time.perf_counter()
+            answer = neighbour.post(url, data=json.dumps(make_batch(b_id, 10)),
+                                    headers={"Content-Type": "application/json"}, timeout=60)
+            accepted = time.perf_counter()
+            b_run = BatchRun(b_id, 10, accepted - posted)
+            if answer.status_code != 202:
+                problems.append(f"B's POST answered {answer.status_code}: {answer.text[:200]}")
+            else:
+                while time.perf_counter() - accepted < 120:
+                    report = neighbour.get(f"{url}/{b_id}", timeout=60).json()
+                    if report["status"] == "completed":
+                        b_run.seconds = time.perf_counter() - accepted
+                        b_run.counts, found = check_report(report, 10)
+                        problems.extend(found)
+                        break
+                    time.sleep(0.05)
+                else:
+                    problems.append("B's batch not completed after 120 s")
+            a_left = self.queue_depths(self.redis).get(a_queue, (0, 0))[0]
+            completed_at = self._wait_all(url, a_runs, started, max(120.0, a_total / 100), problems)
+        if completed_at != sorted(completed_at):  # the reports' completed_at: one queue a client
+            problems.append(f"A's batches completed out of order: {completed_at}")
+        a_done = max((r.seconds for r in a_runs if r.seconds is not None), default=0.0)
+        row = Row("fairness", 10, b_run.seconds, 10 / b_run.seconds if b_run.seconds else None,
+                  post_ms=[b_run.post_s * 1000], batches=len(a_runs) + 1,
+                  batches_completed=sum(r.seconds is not None for r in a_runs) + (b_run.seconds is not None),
+                  usage=vars(sampler.usage), notes=[
+                      f"seconds = B's 10 items, B's 202 -> completed; {ahead:,} of A's messages queued "
+                      f"when B posted ({self.sizes.fairness_batches} x {self.sizes.zero_items:,} items), "
+                      f"{a_left:,} still queued when B completed",
+                      f"{self.worker_note(self.processes)}, latency {self.sizes.seed_latency_ms} ms, "
+                      f"no failures; A's batches all completed after {a_done:.1f} s",
+                  ])
+        row.problems = problems + self.leftovers(self.redis)
+        row.completed = not row.problems
+        row.extra.update(a_queued_ahead=ahead, a_queued_at_b_completed=a_left,
+                         b_seconds=_round(b_run.seconds), a_completed_at=completed_at,
+                         worker_processes=self.processes)
+        self.rows.append(row)
+        return row
+
+    def _wait_all(self, url: str, runs: list[BatchRun], started: float, timeout: float,
+                  problems: list[str]) -> list[str]:
+        """Wait until every run's batch is completed (each checked, `seconds` after `started` when
+        seen); returns their reports' `completed_at`, in the runs' order."""
+        deadline, completed = time.perf_counter() + timeout, []
+        for run in runs:
+            while run.seconds is None:  # asked at least once, even past the deadline
+                response = self.http.get(f"{url}/{run.batch_id}", timeout=60)
+                status = _STATUS.search(response.content[:2048])
+                if status and status[1] == b"completed":
+                    run.seconds = time.perf_counter() - started
+                    report = response.json()
+                    run.counts, found = check_report(report, run.items)
+                    problems.extend(f"{run.batch_id}: {p}" for p in found)
+                    completed.append(report["completed_at"])
+                    break
+                if time.perf_counter() > deadline:
+                    break
+                time.sleep(POLL_S)
+            if run.seconds is None:
+                problems.append(f"{run.batch_id} not completed after {timeout:.0f} s")
+        return completed
+
+    def slow_receivers(self) -> list[Row]:
+        """Issue 20: the seed-profile batch without, then with, 100 webhook endpoints (10 clients x
+        10) trickling one byte every `trickle_interval` s to the webhook worker (the Procfile's
+        line, production webhook settings). Settlement must not notice: items/s with >= 0.95x
+        without. Loopback receivers need development's webhook flags in the API and the webhook
+        worker; the settlement workers run as in every other row."""
+        loopback = {"PAYOUTS_ENV": "development", "PAYOUTS_WEBHOOKS_ALLOW_HTTP": "true",
+                    "PAYOUTS_WEBHOOKS_ALLOW_PRIVATE": "true", "PAYOUTS_WEBHOOK_PORTS": "*"}
+        self.stack.restart_api(loopback)
+        hooks_worker = self.stack.start_webhook_worker(env=loopback)
+        server = TrickleServer(self.sizes.trickle_interval).start()
+        try:
+            without = self.seed_profile("slow-receivers-off")
+            url = f"{self.stack.api_url}/api"
+            for name, key in self.stack.hook_keys.items():
+                auth = {"Authorization": f"Bearer {key}"}
+                for n in range(10):
+                    answer = requests.post(f"{url}/webhooks", headers=auth, timeout=30, json={
+                        "url": f"http://127.0.0.1:{server.port}/{name}/{n}"})
+                    answer.raise_for_status()
+                answer = requests.post(f"{url}/payouts", headers=auth, timeout=30,
+                                       json=make_batch(f"{name}-{self.stack.run_id}", 1))
+                answer.raise_for_status()
+            deadline = time.monotonic() + 60
+            while server.open < 100 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            open_before = server.open
+            with_receivers = self.seed_profile("slow-receivers-on")
+            open_after = server.open
+        finally:
+            server.stop()
+            self.stack.stop([hooks_worker])
+            self.stack.restart_api({})
+        ratio = (with_receivers.items_per_s / without.items_per_s
+                 if with_receivers.items_per_s and without.items_per_s else None)
+        with_receivers.notes.insert(0, f"{open_before} trickling connections open when the batch was "
+                                       f"posted, {open_after} when it completed ({server.connections} "
+                                       f"accepted, one byte every {self.sizes.trickle_interval:g} s); "
+                                       + (f"{ratio:.2f}x the items/s without them" if ratio else ""))
+        with_receivers.extra.update(trickling_open=[open_before, open_after],
+                                    items_per_s_ratio=_round(ratio, 3))
+        return [without, with_receivers]
+
     def recovery(self) -> Row:
         """Issue 11: the worker SIGKILLed twice, a few seconds apart, during a 1,000-item batch, a
         new one started each time (as a supervisor would); production defaults throughout
@@ -632,6 +790,10 @@ SCENARIOS = {
     "recovery": Bench.recovery,
     "efi": efi_scenario.run,
     "ledger": ledger,
+    "fairness": Bench.fairness,
+    "slow-receivers": Bench.slow_receivers,
 }
-# On request: hostile (issue 10) and recovery (issue 11, minutes of waiting for redelivery on Redis).
-DEFAULT_SCENARIOS = [name for name in SCENARIOS if name not in ("hostile", "recovery")]
+# On request: hostile (issue 10), recovery (issue 11, minutes of waiting for redelivery on Redis),
+# fairness and slow-receivers (issue 20: 50,000 items; 100 trickling webhook receivers).
+DEFAULT_SCENARIOS = [name for name in SCENARIOS
+                     if name not in ("hostile", "recovery", "fairness", "slow-receivers")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from payouts_api.auth import require_api_key
-from payouts_api.extensions import init_limiter
+from payouts_api.extensions import init_limiter, trust_proxies
 from payouts_api.health import bp as health_bp
 from payouts_api.items import bp as items_bp
 from payouts_api.ledger import init_ledger
@@ -55,6 +55,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
         settings.store_url, socket_timeout=5, socket_connect_timeout=2)
+    trust_proxies(app)
     init_limiter(app)
     register_error_handlers(app)
     init_ledger(app)

@@ -1,9 +1,11 @@
 """Flask extensions, created here and bound to the app in the factory.
 
-Two kinds of rate limit: the per-client tiers decorated on the payouts routes, and one
-per-address budget (UNAUTHENTICATED) for failed API keys and the open routes. The limit headers
-are written here, not by flask-limiter: its Retry-After can be 0 and rides on every answer, and
-its RateLimit-Reset is an epoch where the RateLimit header fields draft uses delta seconds.
+Two kinds of rate limit: the per-client tiers (one write budget per route, one read budget
+shared by every read route, `read_limit`), and one per-address budget (UNAUTHENTICATED) for
+failed API keys and the open routes, which a request with a valid key neither spends nor meets.
+The limit headers are written here, not by flask-limiter: its Retry-After can be 0 and rides on
+every answer, and its RateLimit-Reset is an epoch where the RateLimit header fields draft uses
+delta seconds.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import math
 import time
 
 import redis
-from flask import Flask, Response, current_app, g
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from payouts_api.auth import ANONYMOUS, needs_key
+from payouts_api.auth import ANONYMOUS, holds_credential, needs_key
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +37,40 @@ def address_identity() -> str:
 
 
 def _spends_address_budget(response: Response) -> bool:
-    """A rejected key, or any answer on a route that needs none, counts against the address."""
-    return response.status_code == 401 or not needs_key()
+    """A rejected key or token, or an answer on an open route, counts against the address."""
+    return response.status_code == 401 or (not needs_key() and request.blueprint != "metrics")
 
 
-# Checked before authentication on every limited route, valid key or not: if a valid key still
-# got through once the budget is spent, the 429-or-not answer would tell a guesser which key
-# is right. Only failures and open routes spend it, so a client with a good key never does.
+# Behind a reverse proxy every request has the proxy's address: one guesser there would lock out
+# every tenant (issue 20). So a request with a valid key (or the operator token) is exempt: only
+# failures and open routes spend the budget, and only they are refused once it is spent. A
+# guesser therefore learns a right key from "not 429" as it would from "not 401"; guessing is
+# bounded by the keys' length (at least 16 characters, `secrets.token_urlsafe(32)` in the docs),
+# and the budget bounds what failed traffic costs. PAYOUTS_TRUSTED_PROXY_HOPS makes the address
+# the client's own (ProxyFix), so one client's failures spend only its own budget.
 UNAUTHENTICATED = ApplicationLimit(
     limit_provider=lambda: current_app.config["SETTINGS"].ratelimit_unauthenticated,
     key_function=address_identity,
     scope="unauthenticated",
     deduct_when=_spends_address_budget,
+    exempt_when=holds_credential,
     error_message="too many failed API keys or unauthenticated requests from this address",
 )
 
 limiter = Limiter(key_func=client_identity, application_limits=[UNAUTHENTICATED])
+
+# One read budget per client across every read route: a client alternating between reports,
+# history, items and deliveries gets PAYOUTS_RATELIMIT_READ in all, not in each.
+read_limit = limiter.shared_limit(lambda: current_app.config["SETTINGS"].ratelimit_read,
+                                  scope="client-read")
+
+
+def trust_proxies(app: Flask) -> None:
+    """Take the client's address (and scheme) from the X-Forwarded-* headers set by the
+    PAYOUTS_TRUSTED_PROXY_HOPS reverse proxies in front; with 0 the peer address is the client."""
+    hops = app.config["SETTINGS"].trusted_proxy_hops
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
 
 def init_limiter(app: Flask) -> None:

@@ -1,8 +1,10 @@
 """Liveness and readiness for orchestrators: /healthz (process up), /readyz (can do work).
 
 /healthz touches nothing and is exempt from the per-address limit, so liveness never depends
-on Redis. /readyz is limited and answers from a result cached for READYZ_CACHE_S per process:
-each fresh check broadcasts a ping to every worker, which callers must not be able to multiply.
+on Redis. /readyz answers from a result cached for READYZ_CACHE_S per process: each fresh check
+broadcasts a ping to every worker, which callers must not be able to multiply; the cache bounds
+that, so /readyz is exempt from the per-address budget too (a load balancer probing it every
+second from the proxy's address would otherwise spend the budget every client behind it shares).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def healthz():
 
 
 @bp.get("/readyz")
+@limiter.exempt
 def readyz():
     """Redis and the broker answer, and at least one worker answers a ping in time."""
     cache = current_app.extensions["payouts_readyz"]

@@ -7,7 +7,7 @@ from apispec import APISpec
 from flask import Blueprint, current_app, g
 from marshmallow import Schema, fields
 
-from payouts_api.extensions import limiter
+from payouts_api.extensions import read_limit
 from payouts_api.ledger import ledger
 from payouts_api.problems import Problem
 from payouts_api.schemas import BatchIdSchema, IndexedItemSchema, id_field
@@ -50,7 +50,7 @@ _path = ItemPathSchema()
 
 
 @bp.get("/api/payouts/<batch_id>/items/<external_id>")
-@limiter.limit(lambda: current_app.config["SETTINGS"].ratelimit_read)
+@read_limit
 def item(batch_id: str, external_id: str):
     """What happened to one payout, step by step, and when."""
     _path.load({"batch_id": batch_id, "external_id": external_id})

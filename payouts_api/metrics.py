@@ -1,5 +1,9 @@
 """API metrics for Prometheus at /metrics: HTTP traffic here, settlement totals from Redis.
 
+Service-wide volumes are the operator's, not a tenant's: /metrics answers only to the operator
+token (PAYOUTS_METRICS_TOKEN, as a bearer token), never to a client's API key, and to nobody
+when no token is configured.
+
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py) makes the counters
 file-backed per worker and the scrape sums them. Totals that workers produce (items by final
 status, queue depth, open batches) are read from Redis at scrape time, so they are global.
@@ -8,6 +12,7 @@ status, queue depth, open batches) are read from Redis at scrape time, so they a
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 
 import redis
 from flask import Blueprint, Response, current_app
@@ -23,9 +28,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from payouts_api.auth import is_operator
+from payouts_api.problems import Problem
 from payouts_core.ledger.backlog import outbox_backlog
 from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
+from payouts_tasks.routing import WEBHOOK_QUEUE, known_clients, settle_queue
 
 bp = Blueprint("metrics", __name__)
 
@@ -72,7 +80,7 @@ class SettlementCollector(Collector):
     def collect(self):
         try:
             stats = self.store.stats()
-            stats["queue_depth"] = _queue_depth()
+            depths = _queue_depths(self.store)
         except (redis.RedisError, OperationalError):
             return
         items = GaugeMetricFamily("payouts_items_final", "Items that reached a final status, ever.",
@@ -80,8 +88,12 @@ class SettlementCollector(Collector):
         for status in COUNTER:  # the final statuses
             items.add_metric([status], stats["items"].get(status, 0))
         yield items
-        yield GaugeMetricFamily("payouts_queue_depth", "Messages waiting in the Celery queue.",
-                                value=stats["queue_depth"])
+        depth = GaugeMetricFamily("payouts_queue_depth", "Messages waiting in each Celery queue "
+                                  "(one settle queue per client, publish, webhooks, default).",
+                                  labels=["queue"])
+        for queue, count in depths.items():
+            depth.add_metric([queue], count)
+        yield depth
         yield GaugeMetricFamily("payouts_open_batches", "Batches not yet completed.",
                                 value=stats["open_batches"])
 
@@ -111,17 +123,36 @@ class LedgerBacklogCollector(Collector):
                                 value=self.outbox_max)
 
 
-def _queue_depth() -> int:
-    queue = celery_app.conf.task_default_queue
-    with celery_app.connection_for_read() as conn:
-        try:
-            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
-        except conn.channel_errors:  # the broker has no such queue yet: nothing is waiting
-            return 0
+def _queue_names(store) -> list[str]:
+    """The static queues, the webhooks queue and every known client's settle queue."""
+    clients = known_clients(store.client, current_app.config["SETTINGS"])
+    return sorted({*celery_app.amqp.queues, WEBHOOK_QUEUE, *map(settle_queue, clients)})
+
+
+def _queue_depths(store) -> dict[str, int]:
+    """Messages waiting per queue, over a connection of the app's broker pool (a scrape opened
+    one connection per call before, a cost any caller could multiply)."""
+    depths = {}
+    names = _queue_names(store)
+    with celery_app.pool.acquire(block=True, timeout=5) as conn:
+        for queue in names:
+            channel = conn.channel()  # a passive declare of a missing queue closes its channel
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except conn.channel_errors:  # the broker has no such queue yet: nothing is waiting
+                depths[queue] = 0
+            finally:
+                with suppress(*conn.channel_errors, *conn.connection_errors):
+                    channel.close()
+    return depths
 
 
 @bp.get("/metrics")
 def metrics():
+    if not is_operator():
+        raise Problem(401, "Unauthorized", "/metrics needs the operator token (PAYOUTS_METRICS_TOKEN) "
+                      "as 'Authorization: Bearer <token>'; client API keys are not accepted.",
+                      headers={"WWW-Authenticate": 'Bearer realm="payouts-metrics"'})
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow.experimental.context import Context
 
 from payouts_api.backpressure import refuse_new_batch_when_backlog_full
-from payouts_api.extensions import limiter
+from payouts_api.extensions import limiter, read_limit
 from payouts_api.ledger import ledger
 from payouts_api.metrics import BATCHES_ACCEPTED, ITEMS_ACCEPTED
 from payouts_api.problems import MAX_FIELD_ERRORS, Problem
@@ -24,19 +24,19 @@ from payouts_core.store import (
     encode_cursor,
     fingerprint,
 )
+from payouts_core.value_caps import ValueCapExceeded
 from payouts_tasks.batches import accept_batch
 
 bp = Blueprint("payouts", __name__)
+# Items one items page examines: a status filter matching nothing in a 10,000-item batch decoded
+# every item per request. A page may then be short with a `next_cursor`: keep following it.
+ITEMS_SCAN_MAX = 1000
 _batch_schema = BatchRequestSchema()
 _batch_id_schema = BatchIdSchema()
 
 
 def _write_limit() -> str:
     return current_app.config["SETTINGS"].ratelimit_write
-
-
-def _read_limit() -> str:
-    return current_app.config["SETTINGS"].ratelimit_read
 
 
 class _AmbiguousJSON(ValueError):
@@ -100,6 +100,18 @@ def _refuse_reused_external_ids(conflicts: list[tuple[int, str]]) -> None:
                   "nothing was accepted.", errors)
 
 
+def _refuse_value(exc: ValueCapExceeded) -> None:
+    """422 for a batch above the per-batch value cap or its client's daily one; nothing accepted."""
+    if exc.scope == "batch":
+        message = (f"The items total {exc.requested} cents; a batch may total at most {exc.cap} "
+                   "(PAYOUTS_MAX_BATCH_AMOUNT_CENTS). Split it.")
+    else:
+        message = (f"The items total {exc.requested} cents and {exc.used} were accepted today (UTC); "
+                   f"a client may submit at most {exc.cap} a day (PAYOUTS_MAX_DAILY_AMOUNT_CENTS).")
+    raise Problem(422, "Value cap exceeded", "The batch is above a value cap; nothing was accepted.",
+                  [{"field": "items", "message": message}])
+
+
 def _reused_within_batch(orders: list[Order]) -> list[tuple[int, str]]:
     first: dict[str, Order] = {}
     conflicts = []
@@ -126,13 +138,16 @@ def submit_batch():
     g.batch_id = ref.batch_id
     refuse_new_batch_when_backlog_full(store, ref)
     try:
-        created = accept_batch(store, ref, fingerprint(batch), orders)
+        created = accept_batch(store, ref, fingerprint(batch), orders, settings.max_batch_amount_cents,
+                               settings.max_daily_amount_cents)
     except BatchConflict:
         raise Problem(409, "Batch conflict",
                       f"batch_id {ref.batch_id!r} was already submitted with a different "
                       "payload; a batch_id names one payload forever.") from None
     except ExternalIdReused as exc:
         _refuse_reused_external_ids(exc.conflicts)
+    except ValueCapExceeded as exc:
+        _refuse_value(exc)
     if created:
         BATCHES_ACCEPTED.inc()
         ITEMS_ACCEPTED.inc(len(orders))
@@ -143,7 +158,7 @@ def submit_batch():
 
 
 @bp.get("/api/payouts/<batch_id>")
-@limiter.limit(_read_limit)
+@read_limit
 def get_batch(batch_id: str):
     _batch_id_schema.load({"batch_id": batch_id})
     g.batch_id = batch_id
@@ -171,7 +186,7 @@ def _ms(instant) -> int:
 
 
 @bp.get("/api/payouts")
-@limiter.limit(_read_limit)
+@read_limit
 def list_batches():
     """The client's batches, newest first, as summaries; `next_cursor` continues the walk."""
     query = _history_query.load(request.args.to_dict())
@@ -185,7 +200,7 @@ def list_batches():
 
 
 @bp.get("/api/payouts/<batch_id>/items")
-@limiter.limit(_read_limit)
+@read_limit
 def list_items(batch_id: str):
     """One batch's items in submission order, e.g. only the failed ones to fix and resubmit."""
     _batch_id_schema.load({"batch_id": batch_id})
@@ -194,7 +209,7 @@ def list_items(batch_id: str):
     start = query["cursor"][0] if "cursor" in query else 0
     found = reads.batch_items(current_app.extensions["payouts_store"], ledger(),
                               BatchRef(g.client_name, batch_id), query["limit"], start,
-                              query.get("status"))
+                              query.get("status"), max_scan=ITEMS_SCAN_MAX)
     if found is None:
         raise Problem(404, "Unknown batch", f"No batch with batch_id {batch_id!r}.")
     items, following = found

@@ -4,10 +4,10 @@ per UTC day the items that reached a final state: paid, failed by code, duplicat
 from __future__ import annotations
 
 from apispec import APISpec
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, g, request
 from marshmallow import Schema, ValidationError, fields, validates_schema
 
-from payouts_api.extensions import limiter
+from payouts_api.extensions import read_limit
 from payouts_api.ledger import ledger
 
 bp = Blueprint("reports", __name__)
@@ -61,7 +61,7 @@ _query = DailyQuerySchema()
 
 
 @bp.get("/api/reports/daily")
-@limiter.limit(lambda: current_app.config["SETTINGS"].ratelimit_read)
+@read_limit
 def daily():
     query = _query.load(request.args.to_dict())
     days = ledger().daily(g.client_name, query["from_"], query["to"])

@@ -243,6 +243,9 @@ class PageQuerySchema(Schema):
 
     cursor_parts: tuple[type, ...] = ()
 
+    def valid_position(self, position: tuple) -> bool:
+        return True
+
     limit = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PAGE),
                            metadata={"description": f"Entries per page, 1-{MAX_PAGE}."})
     cursor = fields.String(validate=Length(max=512), metadata={
@@ -255,6 +258,8 @@ class PageQuerySchema(Schema):
                 query["cursor"] = decode_cursor(query["cursor"], *self.cursor_parts)
             except ValueError as exc:
                 raise ValidationError(str(exc), "cursor") from None
+            if not self.valid_position(query["cursor"]):
+                raise ValidationError("not a cursor this API returned", "cursor")
         return query
 
 
@@ -270,6 +275,9 @@ class HistoryQuerySchema(PageQuerySchema):
 
 class ItemsQuerySchema(PageQuerySchema):
     cursor_parts = (int,)
+
+    def valid_position(self, position: tuple) -> bool:
+        return position[0] >= 0  # an item index: a negative one answered 500
 
     status = fields.String(validate=OneOf([status.value for status in ItemStatus]),
                            metadata={"description": "Only items in this status, e.g. failed."})
@@ -317,7 +325,8 @@ class WebhookCreateSchema(Schema):
     def _destination(self, value: str, **_kwargs) -> None:
         allowed = Context.get({})
         try:
-            check_literal_host(parse_url(value, allowed.get("allow_http", False)),
+            check_literal_host(parse_url(value, allowed.get("allow_http", False),
+                                         allowed.get("ports")),
                                allowed.get("allow_private", False))
         except DestinationRefused as exc:
             raise ValidationError(str(exc)) from None

@@ -12,7 +12,7 @@ import re
 from flask import Blueprint, current_app, g, request
 from marshmallow.experimental.context import Context
 
-from payouts_api.extensions import limiter
+from payouts_api.extensions import limiter, read_limit
 from payouts_api.payouts import parse_json_strictly
 from payouts_api.problems import Problem
 from payouts_api.schemas import (
@@ -21,7 +21,7 @@ from payouts_api.schemas import (
     WebhookCreateSchema,
 )
 from payouts_core.store import encode_cursor
-from payouts_core.webhooks import MAX_ENDPOINTS, TooManyEndpoints, WebhookStore
+from payouts_core.webhooks import MAX_ENDPOINTS, TooManyEndpoints, WebhookStore, allowed_ports
 from payouts_tasks.webhooks import deliver, redrive_grace_ms
 
 bp = Blueprint("webhooks", __name__)
@@ -30,14 +30,12 @@ _rotate_schema = RotateSecretSchema()
 _deliveries_query = DeliveryQuerySchema()
 ENDPOINT_ID = re.compile(r"we_[0-9a-f]{32}")
 DELIVERY_ID = re.compile(r"msg_[0-9a-f]{32}")
+# An answer holding a signing secret is kept by no cache, shared or the client's own (RFC 9111).
+SECRET_HEADERS = {"Cache-Control": "no-store"}
 
 
 def _write_limit() -> str:
     return current_app.config["SETTINGS"].ratelimit_write
-
-
-def _read_limit() -> str:
-    return current_app.config["SETTINGS"].ratelimit_read
 
 
 def _hooks() -> WebhookStore:
@@ -72,7 +70,8 @@ def add_webhook():
     """Register an endpoint; the answer holds its signing secret, shown this once."""
     settings = current_app.config["SETTINGS"]
     with Context({"allow_http": settings.webhooks_allow_http,
-                  "allow_private": settings.webhooks_allow_private}):
+                  "allow_private": settings.webhooks_allow_private,
+                  "ports": allowed_ports(settings.webhook_ports, settings.webhooks_allow_http)}):
         wanted = _create_schema.load(_body())
     try:
         created = _hooks().add_endpoint(g.client_name, wanted["url"], wanted["events"],
@@ -80,17 +79,17 @@ def add_webhook():
     except TooManyEndpoints:
         raise Problem(422, "Too many webhook endpoints",
                       f"A client may register {MAX_ENDPOINTS} endpoints; delete one first.") from None
-    return created, 201, {"Location": f"/api/webhooks/{created['id']}"}
+    return created, 201, {"Location": f"/api/webhooks/{created['id']}", **SECRET_HEADERS}
 
 
 @bp.get("/api/webhooks")
-@limiter.limit(_read_limit)
+@read_limit
 def list_webhooks():
     return {"webhooks": _hooks().endpoints(g.client_name)}
 
 
 @bp.get("/api/webhooks/<endpoint_id>")
-@limiter.limit(_read_limit)
+@read_limit
 def get_webhook(endpoint_id: str):
     return _endpoint_or_404(endpoint_id)
 
@@ -113,11 +112,11 @@ def rotate_secret(endpoint_id: str):
     rotated = _hooks().rotate_secret(g.client_name, endpoint_id, grace)
     if rotated is None:  # deleted meanwhile
         raise _unknown(endpoint_id)
-    return rotated
+    return rotated, 200, SECRET_HEADERS
 
 
 @bp.get("/api/webhooks/<endpoint_id>/deliveries")
-@limiter.limit(_read_limit)
+@read_limit
 def list_deliveries(endpoint_id: str):
     """The endpoint's deliveries, newest first: status, attempts, last answer, next attempt."""
     _endpoint_or_404(endpoint_id)

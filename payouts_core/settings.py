@@ -84,8 +84,6 @@ ENVIRONMENTS = ("production", "development", "test")
 RELAXED_ENVIRONMENTS = ("development", "test")
 # The keys shown in .env.example: published, so never a real credential.
 EXAMPLE_API_KEYS = ("change-me-0123456789",)
-# 1,000 times the R$ 14.999,99 cap: above it, production suspects reais typed as cents or a typo.
-PRODUCTION_MAX_AMOUNT_CENTS = 1_499_999 * 1_000
 # Lua's cjson writes numbers as doubles: above 2**53 - 1 the report would round the amount.
 JSON_EXACT_MAX_CENTS = 2**53 - 1
 # Worker processes per machine (payouts-worker): each holds WORKER_CONCURRENCY greenlets and its
@@ -248,6 +246,74 @@ class EfiSettings:
                    payer_key=env.get("EFI_PAYER_KEY") or "",
                    connect_timeout_s=connect, timeout_s=timeout, final_deadline_s=final)
 
+# -- isolation (issue 20): neighbours, proxies, value caps, webhook queue -----------------------
+# Kept in one block so other settings merge beside it. README "Configuration" says why each exists.
+
+# R$ 5 million a batch, R$ 20 million a client a day: a leaked key could otherwise submit
+# 10,000 x R$ 14.999,99 per batch, 20 batches per 10 s.
+DEFAULT_MAX_BATCH_AMOUNT_CENTS = 500_000_000
+DEFAULT_MAX_DAILY_AMOUNT_CENTS = 2_000_000_000
+# A chain of reverse proxies longer than this is a misconfiguration, not a deployment.
+MAX_TRUSTED_PROXY_HOPS = 5
+# The regulatory per-transfer cap (Res. BCB 496/2025, R$ 15.000 for institutions not authorised
+# by the Banco Central): production refuses a higher PAYOUTS_MAX_AMOUNT_CENTS.
+REGULATORY_MAX_AMOUNT_CENTS = 1_499_999
+# One webhook attempt's hard wall-clock deadline is PAYOUTS_WEBHOOK_TIMEOUT_S. The webhook task's
+# time limit is the backstop past it, the attempt's lease outlives the task, and both must stay
+# below the Redis visibility timeout, or a slow attempt is redelivered while it still runs.
+
+
+def webhook_time_limit_s(timeout_s: float) -> float:
+    """The webhook task's hard time limit: the attempt's own deadline answers first."""
+    return timeout_s + max(1.0, timeout_s / 2)
+
+
+def webhook_lease_s(timeout_s: float) -> float:
+    """How long one attempt holds its delivery: past the task's time limit, so no second attempt
+    starts while the first can still be sending."""
+    return webhook_time_limit_s(timeout_s) + 1.0
+
+
+def _ports(name: str, raw: str | None) -> tuple[int, ...] | None:
+    """"" = the defaults (443, and 80 when plain HTTP is allowed), "*" = any port, else a list."""
+    raw = (raw or "").strip()
+    if raw == "*":
+        return None
+    try:
+        ports = tuple(int(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be port numbers separated by commas, or *, got {raw!r}") from None
+    if not all(1 <= p <= 65535 for p in ports):
+        raise SettingsError(f"{name} ports must be 1-65535, got {raw!r}")
+    return ports
+
+
+def _isolation(env: Mapping[str, str], visibility: int) -> dict:
+    timeout = _float(env, "PAYOUTS_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 60.0)
+    if webhook_lease_s(timeout) >= visibility:
+        raise SettingsError(
+            f"PAYOUTS_WEBHOOK_TIMEOUT_S={timeout:g} gives its attempts a lease of "
+            f"{webhook_lease_s(timeout):g} s, which must stay below PAYOUTS_VISIBILITY_TIMEOUT_S "
+            "(a webhook attempt still running at the visibility timeout is delivered twice)")
+    token = env.get("PAYOUTS_METRICS_TOKEN") or ""
+    if token and len(token) < MIN_API_KEY_LENGTH:
+        raise SettingsError(f"PAYOUTS_METRICS_TOKEN must be at least {MIN_API_KEY_LENGTH} characters")
+    hops = _int(env, "PAYOUTS_TRUSTED_PROXY_HOPS", 0)
+    if hops > MAX_TRUSTED_PROXY_HOPS:
+        raise SettingsError(f"PAYOUTS_TRUSTED_PROXY_HOPS must be at most {MAX_TRUSTED_PROXY_HOPS}, "
+                            f"got {hops}")
+    return {
+        "trusted_proxy_hops": hops,
+        "metrics_token_digest": key_digest(token) if token else "",
+        "max_batch_amount_cents": _int(env, "PAYOUTS_MAX_BATCH_AMOUNT_CENTS",
+                                       DEFAULT_MAX_BATCH_AMOUNT_CENTS, minimum=1),
+        "max_daily_amount_cents": _int(env, "PAYOUTS_MAX_DAILY_AMOUNT_CENTS",
+                                       DEFAULT_MAX_DAILY_AMOUNT_CENTS, minimum=1),
+        "webhook_ports": _ports("PAYOUTS_WEBHOOK_PORTS", env.get("PAYOUTS_WEBHOOK_PORTS")),
+        "webhook_concurrency": _int(env, "PAYOUTS_WEBHOOK_CONCURRENCY", 100, minimum=1),
+        "webhook_inflight_per_client": _int(env, "PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT", 20, minimum=1),
+    }
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -301,6 +367,14 @@ class Settings:
         if self.provider == "efi" and self.efi is not None:
             return self.efi.timeout_s
         return self.simulator.settlement_timeout_s
+    # -- isolation (issue 20): neighbours, proxies, value caps, webhook queue -------------------
+    trusted_proxy_hops: int = 0
+    metrics_token_digest: str = ""
+    max_batch_amount_cents: int = DEFAULT_MAX_BATCH_AMOUNT_CENTS
+    max_daily_amount_cents: int = DEFAULT_MAX_DAILY_AMOUNT_CENTS
+    webhook_ports: tuple[int, ...] | None = ()
+    webhook_concurrency: int = 100
+    webhook_inflight_per_client: int = 20
 
     @property
     def timing(self) -> Timing:
@@ -401,6 +475,7 @@ class Settings:
             webhook_retry_window_s=_int(env, "PAYOUTS_WEBHOOK_RETRY_WINDOW_S", 86400, minimum=1),
             webhook_rotation_grace_s=_int(env, "PAYOUTS_WEBHOOK_ROTATION_GRACE_S", 86400),
             ledger=LedgerSettings.from_env(env),
+            **_isolation(env, visibility),
         )
         refuse_unsafe(settings)
         return settings
@@ -466,10 +541,11 @@ def refuse_unsafe(settings: Settings) -> None:
     if settings.webhooks_allow_private:
         raise SettingsError(f"PAYOUTS_WEBHOOKS_ALLOW_PRIVATE=true is {why}: any client could make the "
                             "workers call the operator's own network (SSRF)")
-    if settings.max_amount_cents > PRODUCTION_MAX_AMOUNT_CENTS:
+    if settings.max_amount_cents > REGULATORY_MAX_AMOUNT_CENTS:
         raise SettingsError(f"PAYOUTS_MAX_AMOUNT_CENTS={settings.max_amount_cents} is above "
-                            f"{PRODUCTION_MAX_AMOUNT_CENTS} (1,000 times the R$ 14.999,99 cap), {why}: "
-                            "amounts are in cents, and a cap that high checks nothing")
+                            f"{REGULATORY_MAX_AMOUNT_CENTS} (R$ 14.999,99, the per-transfer cap of "
+                            f"Res. BCB 496/2025), {why}: a higher cap is for institutions the Banco "
+                            "Central authorised, and a typo here (reais for cents) would pay 100 times over")
 
 
 @lru_cache(maxsize=1)

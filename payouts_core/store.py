@@ -567,16 +567,19 @@ class PayoutStore:
                             newest_ms, oldest_ms)
 
     def batch_items(self, ref: BatchRef, limit: int, start: int = 0, status: str | None = None,
-                    chunk: int = 500) -> tuple[list[dict], int | None] | None:
+                    chunk: int = 500, max_scan: int | None = None) -> tuple[list[dict], int | None] | None:
         """Items from index `start` on (with their `index`), only those in `status` when given,
-        and the index to continue from (None at the end); None for an unknown batch."""
+        and the index to continue from (None at the end); None for an unknown batch. At most
+        `max_scan` items are examined per call (a filter matching nothing would otherwise decode
+        the whole batch): the page may then be short, with an index to continue from."""
         batch_key, items_key, _, _ = batch_keys(ref)
         total = self.client.hget(batch_key, "total")
         if total is None:
             return None
         total, found = int(total), []
-        for first in range(start, total, chunk):
-            indexes = range(first, min(first + chunk, total))
+        end = total if max_scan is None else min(total, start + max_scan)
+        for first in range(start, end, chunk):
+            indexes = range(first, min(first + chunk, end))
             for index, raw in zip(indexes, self.client.hmget(items_key, [str(i) for i in indexes]),
                                   strict=True):
                 item = json.loads(raw)
@@ -584,7 +587,7 @@ class PayoutStore:
                     found.append({"index": index, **item})
                     if len(found) == limit:
                         return found, (index + 1 if index + 1 < total else None)
-        return found, None
+        return found, (end if end < total else None)
 
 
 def _of_client(refs: Iterable[BatchRef], client: str | None) -> list[BatchRef]:

@@ -17,6 +17,11 @@ Keys ({c} = encoded client; everything expires after RETENTION_S):
                                             code and error, next attempt (ms)
 - `payouts:webhook:log:{c}:{endpoint id}`  sorted set: delivery ids by creation (ms)
 - `payouts:webhook:lease:{c}:{id}`         one attempt of a delivery at a time
+- `payouts:webhook:previous:{c}:{endpoint id}` the secret a rotation replaced, expiring with its
+                                            grace period (Redis drops it: nothing keeps it later)
+- `payouts:webhook:inflight:{c}`           sorted set: a token per attempt running -> when it
+                                            started (a per-client cap; a crashed worker's entry
+                                            ages out with the attempt's lease)
 - `payouts:webhooks:due`                   sorted set: `{c}:{id}` -> when the sweeper sends it
                                             (the next attempt, plus a grace when a task message
                                             is already scheduled for it)
@@ -31,7 +36,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
@@ -91,9 +96,19 @@ class Destination:
     host_header: str
 
 
-def parse_url(url: str, allow_http: bool) -> Destination:
+def allowed_ports(configured: tuple[int, ...] | None, allow_http: bool) -> frozenset[int] | None:
+    """The ports a webhook may use: PAYOUTS_WEBHOOK_PORTS when set (None: any), else 443, and 80
+    when plain HTTP is allowed. Any port would let a client probe the operator's other services
+    (a mail or database port on a public address answers differently from a closed one)."""
+    if configured is None:
+        return None
+    return frozenset(configured or ((443, 80) if allow_http else (443,)))
+
+
+def parse_url(url: str, allow_http: bool, ports: Collection[int] | None = None) -> Destination:
     """An endpoint URL's parts, or DestinationRefused: https only (http when allowed), a host,
-    no user info (it would travel in clear to whoever answers) and no fragment."""
+    no user info (it would travel in clear to whoever answers), no fragment, and a port among
+    `ports` (None: any)."""
     if len(url) > MAX_URL_LENGTH:
         raise DestinationRefused(f"The URL is longer than {MAX_URL_LENGTH} characters.")
     try:
@@ -111,14 +126,25 @@ def parse_url(url: str, allow_http: bool) -> Destination:
     if parts.fragment:
         raise DestinationRefused("The URL may not carry a #fragment.")
     default = 443 if parts.scheme == "https" else 80
+    if ports is not None and (port or default) not in ports:
+        raise DestinationRefused(f"Use port {' or '.join(map(str, sorted(ports)))}.")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Destination(parts.scheme, parts.hostname, port or default, target, parts.netloc)
+
+
+# IPv6 prefixes that carry an IPv4 address to a relay or translator, which Python's is_global
+# calls public: 6to4 2002::/16 (2002:a9fe:a9fe:: is 169.254.169.254), Teredo 2001::/32 and NAT64's
+# well-known prefixes. Refused whole: a public host has a native address.
+TUNNELLED = tuple(ipaddress.ip_network(n) for n in ("2002::/16", "2001::/32", "64:ff9b::/96",
+                                                    "64:ff9b:1::/48"))
 
 
 def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why the guard refuses this address (private, loopback, ...), or None when it is public."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in TUNNELLED):
+        return "tunnelled (6to4, Teredo or NAT64)"
     for flag in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
         if getattr(address, f"is_{flag}"):
             return flag.replace("_", "-")
@@ -214,6 +240,9 @@ class WebhookStore:
     def _event_key(self, client: str, event_id: str) -> str:
         return f"{PREFIX}event:{encode_id(client)}:{event_id}"
 
+    def _previous_key(self, client: str, endpoint_id: str) -> str:
+        return f"{PREFIX}previous:{encode_id(client)}:{endpoint_id}"
+
     def _lease_key(self, client: str, delivery_id: str) -> str:
         return f"{PREFIX}lease:{encode_id(client)}:{delivery_id}"
 
@@ -255,7 +284,7 @@ class WebhookStore:
         """Remove it and its delivery log; its pending deliveries fail when next attempted."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self._endpoints_key(client), endpoint_id)
-            pipe.delete(self._log_key(client, endpoint_id))
+            pipe.delete(self._log_key(client, endpoint_id), self._previous_key(client, endpoint_id))
             removed, _ = pipe.execute()
         return bool(removed)
 
@@ -271,11 +300,16 @@ class WebhookStore:
                         pipe.unwatch()
                         return None
                     endpoint = json.loads(raw)
-                    endpoint["previous_secret"] = endpoint["secret"]
+                    previous = endpoint["secret"]
+                    endpoint.pop("previous_secret", None)  # an older build kept it in the endpoint
                     endpoint["previous_secret_expires_ms"] = _ms() + grace_s * 1000
                     endpoint["secret"] = new_secret()
                     pipe.multi()
                     pipe.hset(key, endpoint_id, json.dumps(endpoint))
+                    if grace_s > 0:
+                        pipe.set(self._previous_key(client, endpoint_id), previous, ex=grace_s)
+                    else:
+                        pipe.delete(self._previous_key(client, endpoint_id))
                     pipe.execute()
                     return {**_public(endpoint, _ms()), "secret": endpoint["secret"]}
                 except redis.WatchError:
@@ -336,6 +370,28 @@ class WebhookStore:
             pipe.execute()
         return True
 
+    def _inflight_key(self, client: str) -> str:
+        return f"{PREFIX}inflight:{encode_id(client)}"
+
+    def take_slot(self, client: str, cap: int, lease_s: float) -> str | None:
+        """One of the client's `cap` attempt slots (its token for release_slot), or None when all
+        are taken (a sorted-set semaphore: add, then keep the slot only if it ranks among the
+        first `cap`; two racing takers may both give up, never both exceed the cap)."""
+        key, now, token = self._inflight_key(client), _ms(), uuid.uuid4().hex
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - int(lease_s * 1000))
+            pipe.zadd(key, {token: now})
+            pipe.expire(key, int(lease_s) + 60)
+            pipe.zrank(key, token)
+            rank = pipe.execute()[-1]
+        if rank is not None and rank < cap:
+            return token
+        self.client.zrem(key, token)
+        return None
+
+    def release_slot(self, client: str, token: str) -> None:
+        self.client.zrem(self._inflight_key(client), token)
+
     def begin_attempt(self, client: str, delivery_id: str, lease_s: float) -> Attempt | str:
         """The attempt to make now, or why none is: `done` (not pending), `not-due` (a later
         attempt is scheduled), `busy` (another worker is sending it), `endpoint-deleted`."""
@@ -350,14 +406,18 @@ class WebhookStore:
         elif int(fields["next_attempt_ms"]) > _ms() + 1000:
             reason = "not-due"
         if reason:
-            self.client.delete(lease)
+            with self.client.pipeline(transaction=True) as pipe:
+                if reason == "done":  # delivered, failed or gone: nothing for the sweeper to send
+                    pipe.zrem(DUE, f"{encode_id(client)}:{delivery_id}")
+                pipe.delete(lease)
+                pipe.execute()
             return reason
         endpoint = self._endpoint(client, fields["endpoint_id"])
         if endpoint is None:
             return "endpoint-deleted"
         signing = [endpoint["secret"]]
-        if endpoint.get("previous_secret") and endpoint.get("previous_secret_expires_ms", 0) > _ms():
-            signing.append(endpoint["previous_secret"])
+        if previous := self.client.get(self._previous_key(client, fields["endpoint_id"])):
+            signing.append(_s(previous))
         body = _s(self.client.hget(self._event_key(client, fields["event_id"]), "body"))
         return Attempt(client, delivery_id, endpoint["url"], signing, body, int(fields["attempts"]),
                        int(fields["window_start_ms"]))

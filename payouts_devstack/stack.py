@@ -186,6 +186,16 @@ class Stack:
         finally:
             control.close()
 
+    def start_webhook_worker(self, env: Mapping[str, str] | None = None, wait: bool = True,
+                             timeout: float = 60) -> Process:
+        """The Procfile's webhook worker (the webhooks queue only); returns once it answers a ping."""
+        hostname = f"webhooks{next(self._seq)}-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
+        worker = self.start("webhooks", {"--hostname": hostname}, WORKER_FLAGS, env, hostname)
+        worker.hostnames = [hostname]
+        if wait:
+            self.wait_for_workers([worker], timeout=timeout)
+        return worker
+
     def start_beat(self, env: Mapping[str, str] | None = None) -> Process:
         """Beat with its schedule file in the workdir (the Procfile's path is shared by every run)."""
         return self.start("beat", {"--schedule": str(self.workdir / "beat-schedule")}, env=env)

@@ -16,9 +16,11 @@ from kombu.exceptions import OperationalError
 
 from payouts_core.resources import get_store
 from payouts_core.store import BatchRef, ExternalIdReused, Order, PayoutStore
+from payouts_core.value_caps import DailyValue, batch_value, check_batch_value
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.celery_app import app
 from payouts_tasks.chord_messages import publish_chord
+from payouts_tasks.routing import publishing_turn, register_client
 from payouts_tasks.settle import settle
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ def publish_items(ref: BatchRef, indexes: Sequence[int]) -> str:
     From a template message (payouts_tasks/chord_messages.py): 10,000 messages in ~0.4 s
     instead of ~5.5 s through `batch_chord(...).apply_async()`, the same messages.
     """
+    register_client(ref.client)  # every settlement worker consumes its queue (routing.py)
     return publish_chord(settle, [(ref.client, ref.batch_id, i) for i in indexes],
                          aggregate.si(ref.client, ref.batch_id), ignore_result=True)
 
@@ -59,45 +62,71 @@ def publish(self, client: str, batch_id: str, total: int, lease: str = "") -> st
     """
     store = get_store()
     ref = BatchRef(client, batch_id)
-    if not store.open_batch(ref, lease):
-        return "skipped"
-    try:
-        publish_batch(ref, total)
-    except OperationalError as exc:  # the broker went away mid-publish: publish again later
-        raise self.retry(countdown=1, exc=exc) from exc
-    store.mark_published(ref)
+    with publishing_turn(client):  # the client's batches keep their order (routing.py)
+        if not store.open_batch(ref, lease):
+            return "skipped"
+        try:
+            publish_batch(ref, total)
+        except OperationalError as exc:  # the broker went away mid-publish: publish again later
+            raise self.retry(countdown=1, exc=exc) from exc
+        store.mark_published(ref)
     return "published"
 
 
 def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
-                 orders: Sequence[Order]) -> bool:
+                 orders: Sequence[Order], max_batch_cents: int | None = None,
+                 max_daily_cents: int | None = None) -> bool:
     """Accept a batch all-or-nothing: status key written and its publish message sent, or neither.
 
     Returns False for a replay of an existing batch (nothing re-enqueued). Raises
-    ExternalIdReused when a new batch reuses a paid or in-flight external_id with other terms.
+    ExternalIdReused when a new batch reuses a paid or in-flight external_id with other terms,
+    ValueCapExceeded when it is above the per-batch value cap or its client's daily one.
     After True, a crash anywhere loses nothing: the publish task is at-least-once, and a batch
     left `accepting` (its message lost) is published by a replay or the sweeper once the
     publishing lease expires.
     """
+    reservation = None
     if not store.batch_id_taken(ref):
         conflicts = store.conflicting_claims(ref.client, orders)
         if conflicts:
             raise ExternalIdReused(conflicts)
+        reservation = _reserve_value(store, ref, orders, max_batch_cents, max_daily_cents)
     lease = uuid.uuid4().hex
-    created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
-    if created:
-        try:
-            request_publishing(ref, len(orders), lease)
-        except Exception:
-            log.exception("publishing batch failed; discarding it",
-                          extra={"client": ref.client, "batch_id": ref.batch_id})
-            with contextlib.suppress(redis.RedisError):
-                store.discard_batch(ref, lease)  # refused if the sweeper took it over
-            raise
-        return True
+    try:
+        created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
+        if created:
+            try:
+                request_publishing(ref, len(orders), lease)
+            except Exception:
+                log.exception("publishing batch failed; discarding it",
+                              extra={"client": ref.client, "batch_id": ref.batch_id})
+                with contextlib.suppress(redis.RedisError):
+                    store.discard_batch(ref, lease)  # refused if the sweeper took it over
+                raise
+            return True
+    except BaseException:
+        if reservation:
+            reservation()
+        raise
+    if reservation:  # another request created it meanwhile: its value is counted there
+        reservation()
     if state == "accepting":
         publish_if_abandoned(store, ref, len(orders))
     return False
+
+
+def _reserve_value(store: PayoutStore, ref: BatchRef, orders: Sequence[Order],
+                   max_batch_cents: int | None, max_daily_cents: int | None):
+    """Check the batch's value against its caps and count it against the client's day; returns
+    the undo for that count (None when there is no daily cap)."""
+    value = batch_value(order.amount_cents for order in orders)
+    if max_batch_cents is not None:
+        check_batch_value(value, max_batch_cents)
+    if max_daily_cents is None:
+        return None
+    daily = DailyValue(store.client)
+    key = daily.reserve(ref.client, value, max_daily_cents)
+    return lambda: daily.release(key, value)
 
 
 def request_publishing(ref: BatchRef, total: int, lease: str) -> None:

@@ -5,11 +5,12 @@ import math
 import sys
 
 from celery import Celery, Task
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
+from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_init
 
 from payouts_core.ledger.schema import SchemaOutdated, check_schema_at_start
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
+from payouts_tasks.routing import ClientQueues, consume_clients_from_start
 
 
 class PayoutsTask(Task):
@@ -32,6 +33,13 @@ app = Celery(
              "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
 )
 app.config_from_object("celeryconfig")
+# Settlement workers consume every client's settle queue, a new client's within 1-3 s.
+app.steps["consumer"].add(ClientQueues)
+
+
+@celeryd_init.connect
+def _client_queues_from_start(options=None, **_kwargs) -> None:
+    consume_clients_from_start(app, options or {})
 
 
 # Celery's own line per task received and succeeded: two INFO lines per item that say less than

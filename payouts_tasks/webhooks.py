@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import threading
 import time
+from contextlib import suppress
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http.client import HTTPException
 from urllib.parse import quote
 
 import urllib3
+import urllib3.connection
 from prometheus_client import Counter
 
 from payouts_core.resources import get_store, store_client
-from payouts_core.settings import Settings, get_settings
+from payouts_core.settings import Settings, get_settings, webhook_lease_s
 from payouts_core.store import BatchRef
 from payouts_core.webhooks import (
     Attempt,
     DestinationRefused,
     WebhookStore,
+    allowed_ports,
     parse_url,
     resolve,
     sign,
@@ -43,6 +49,11 @@ DELIVERIES = Counter("payouts_webhook_deliveries_total",
                      ["outcome"])
 USER_AGENT = "pix-payouts-webhooks/0.1"
 MAX_ANSWER_BYTES = 4096  # of the receiver's body: only its first line is kept, for the log
+# A receiver's Retry-After is honoured up to this (longer than any retry window allowed): beyond
+# the window the delivery fails "retry window over" like any other.
+RETRY_AFTER_MAX_S = 30 * 24 * 3600.0
+# A throttled delivery (its client at its in-flight cap) asks again after 1-2 times this.
+THROTTLED_WAIT_S = 2.0
 
 
 def webhooks() -> WebhookStore:
@@ -87,15 +98,18 @@ def emit_batch_completed(ref: BatchRef) -> None:
 # -- delivering ----------------------------------------------------------------------------------
 
 def _retry_after_s(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable;
+    at most RETRY_AFTER_MAX_S (a 400-digit value was infinity, and int(inf) raised)."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return RETRY_AFTER_MAX_S if len(value) > 9 else min(float(value), RETRY_AFTER_MAX_S)
     try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+        seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError, OverflowError):
         return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
 
 
 def backoff_s(settings: Settings, attempt: int, retry_after: float | None = None) -> float:
@@ -104,7 +118,40 @@ def backoff_s(settings: Settings, attempt: int, retry_after: float | None = None
     Retry-After is honoured when it asks longer."""
     delay = min(settings.webhook_backoff_max_s, settings.webhook_backoff_base_s * 2 ** (attempt - 1))
     delay = delay / 2 + random.uniform(0, delay / 2)
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_MAX_S))
+
+
+class DeadlinePassed(OSError):
+    """The attempt's hard wall-clock deadline passed (PAYOUTS_WEBHOOK_TIMEOUT_S): retried."""
+
+
+class _Watchdog:
+    """Cuts a connection's socket once the attempt's deadline passes, whatever it is doing.
+
+    Socket timeouts bound each read, not the attempt: a receiver sending one byte every 9 s held
+    an attempt (and its greenlet) for hours under a 10 s read timeout (issue 20). A timer that
+    shuts the socket down ends any blocked connect, TLS handshake, send or read, in a gevent
+    worker (the timer is a greenlet) and in a plain thread alike.
+    """
+
+    def __init__(self, connection, seconds: float):
+        self.connection, self.fired = connection, False
+        self.timer = threading.Timer(seconds, self._cut)
+        self.timer.daemon = True
+
+    def _cut(self) -> None:
+        self.fired = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.timer.cancel()
 
 
 def post(settings: Settings, attempt: Attempt) -> tuple[int, str, str | None]:
@@ -112,9 +159,12 @@ def post(settings: Settings, attempt: Attempt) -> tuple[int, str, str | None]:
 
     The host is resolved and every address checked before any connection, and the connection
     goes to the checked address (a second lookup could answer differently): TLS still checks
-    the certificate against the URL's host name. Redirects are not followed.
+    the certificate against the URL's host name. Redirects are not followed. The whole attempt
+    (connect, TLS, request, answer) ends within PAYOUTS_WEBHOOK_TIMEOUT_S or raises DeadlinePassed.
     """
-    destination = parse_url(attempt.url, settings.webhooks_allow_http)
+    deadline = settings.webhook_timeout_s
+    destination = parse_url(attempt.url, settings.webhooks_allow_http,
+                            allowed_ports(settings.webhook_ports, settings.webhooks_allow_http))
     address = resolve(destination, settings.webhooks_allow_private)[0]
     timestamp = int(time.time())
     headers = {
@@ -125,38 +175,61 @@ def post(settings: Settings, attempt: Attempt) -> tuple[int, str, str | None]:
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(attempt.secrets, attempt.delivery_id, timestamp, attempt.body),
     }
-    timeout = urllib3.Timeout(connect=settings.webhook_timeout_s, read=settings.webhook_timeout_s)
-    options = {"timeout": timeout, "retries": False, "maxsize": 1}
     if destination.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(address, destination.port, server_hostname=destination.host,
-                                           assert_hostname=destination.host, cert_reqs="CERT_REQUIRED",
-                                           **options)
+        connection = urllib3.connection.HTTPSConnection(
+            address, destination.port, timeout=deadline, server_hostname=destination.host,
+            assert_hostname=destination.host, cert_reqs="CERT_REQUIRED")
     else:
-        pool = urllib3.HTTPConnectionPool(address, destination.port, **options)
-    with pool:
-        response = pool.urlopen("POST", destination.target, body=attempt.body.encode(), headers=headers,
-                                redirect=False, preload_content=False)
-        try:
+        connection = urllib3.connection.HTTPConnection(address, destination.port, timeout=deadline)
+    watchdog = _Watchdog(connection, deadline)
+    try:
+        with watchdog:
+            connection.request("POST", destination.target, body=attempt.body.encode(), headers=headers,
+                               preload_content=False)
+            response = connection.getresponse()
             answer = response.read(MAX_ANSWER_BYTES, decode_content=False)
-        finally:
-            response.release_conn()
+    except (OSError, HTTPException, urllib3.exceptions.HTTPError):
+        if watchdog.fired:
+            raise DeadlinePassed(f"no complete answer within {deadline:g} s") from None
+        raise
+    finally:
+        connection.close()
+    if watchdog.fired:  # the answer ended just as the socket was cut: not a whole answer
+        raise DeadlinePassed(f"no complete answer within {deadline:g} s")
     first_line = answer.decode("utf-8", "replace").strip().splitlines()[0][:200] if answer.strip() else ""
     return response.status, first_line, response.headers.get("Retry-After")
 
 
 def attempt_delivery(settings: Settings, client: str, delivery_id: str) -> tuple[str, float | None]:
     """Make the delivery's next attempt if it is due; returns (outcome, seconds until the next
-    attempt or None). Outcomes other than the four metrics' say why nothing was sent."""
+    attempt or None). Outcomes other than the four metrics' say why nothing was sent; `throttled`
+    (asked again after a short delay): the client already has PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT
+    attempts running, so its slow receivers cannot take every webhook greenlet."""
     store = webhooks()
-    attempt = store.begin_attempt(client, delivery_id, lease_s=3 * settings.webhook_timeout_s + 10)
-    if attempt == "endpoint-deleted":
-        store.end_attempt(client, delivery_id, "failed", None, "endpoint deleted")
-        return "failed", None
-    if isinstance(attempt, str):
-        return attempt, None
-    number = attempt.attempts + 1
+    lease_s = webhook_lease_s(settings.webhook_timeout_s)
+    slot = store.take_slot(client, settings.webhook_inflight_per_client, lease_s)
+    if slot is None:
+        return "throttled", THROTTLED_WAIT_S * (1 + random.random())
+    try:
+        attempt = store.begin_attempt(client, delivery_id, lease_s=lease_s)
+        if attempt == "endpoint-deleted":
+            store.end_attempt(client, delivery_id, "failed", None, "endpoint deleted")
+            return "failed", None
+        if isinstance(attempt, str):
+            return attempt, None
+        try:
+            return _attempt(settings, store, attempt)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the attempt records an outcome
+            log.exception("webhook attempt broke; retrying", extra={"client": client,
+                                                                     "delivery_id": delivery_id})
+            return _retry(settings, store, attempt, None, f"{type(exc).__name__} in the sender", None)
+    finally:
+        store.release_slot(client, slot)
+
+
+def _attempt(settings: Settings, store: WebhookStore, attempt: Attempt) -> tuple[str, float | None]:
+    client, delivery_id, number = attempt.client, attempt.delivery_id, attempt.attempts + 1
     context = {"client": client, "delivery_id": delivery_id, "attempt": number}
-    retry_after, code = None, None
     try:
         code, answer, retry_after_header = post(settings, attempt)
     except DestinationRefused as exc:
@@ -164,21 +237,27 @@ def attempt_delivery(settings: Settings, client: str, delivery_id: str) -> tuple
         DELIVERIES.labels("refused").inc()
         log.warning("webhook refused by the SSRF guard", extra=context)
         return "refused", None
-    except (OSError, urllib3.exceptions.HTTPError) as exc:  # DNS, connect, TLS, timeout
-        error = f"{type(exc).__name__}: {exc}"[:300]
-    else:
-        if 200 <= code < 300:
-            store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number)
-            DELIVERIES.labels("delivered").inc()
-            log.info("webhook delivered", extra={**context, "status_code": code})
-            return "delivered", None
-        error = f"HTTP {code}" + (f": {answer}" if answer else "")
-        if code != 429 and code < 500:
-            store.end_attempt(client, delivery_id, "failed", code, error, attempts=number)
-            DELIVERIES.labels("failed").inc()
-            log.warning("webhook answered %s: not retried", code, extra=context)
-            return "failed", None
-        retry_after = _retry_after_s(retry_after_header)
+    except (OSError, HTTPException, urllib3.exceptions.HTTPError) as exc:  # DNS, TLS, deadline, garbled
+        return _retry(settings, store, attempt, None, f"{type(exc).__name__}: {exc}"[:300], None)
+    if 200 <= code < 300:
+        store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number)
+        DELIVERIES.labels("delivered").inc()
+        log.info("webhook delivered", extra={**context, "status_code": code})
+        return "delivered", None
+    error = f"HTTP {code}" + (f": {answer}" if answer else "")
+    if code != 429 and code < 500:
+        store.end_attempt(client, delivery_id, "failed", code, error, attempts=number)
+        DELIVERIES.labels("failed").inc()
+        log.warning("webhook answered %s: not retried", code, extra=context)
+        return "failed", None
+    return _retry(settings, store, attempt, code, error, _retry_after_s(retry_after_header))
+
+
+def _retry(settings: Settings, store: WebhookStore, attempt: Attempt, code: int | None, error: str,
+           retry_after: float | None) -> tuple[str, float | None]:
+    """Record a failed attempt as pending (or failed once the retry window is over)."""
+    client, delivery_id, number = attempt.client, attempt.delivery_id, attempt.attempts + 1
+    context = {"client": client, "delivery_id": delivery_id, "attempt": number}
     delay = backoff_s(settings, number, retry_after)
     next_ms = int((time.time() + delay) * 1000)
     if next_ms > attempt.window_start_ms + settings.webhook_retry_window_s * 1000:

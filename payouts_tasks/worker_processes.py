@@ -1,4 +1,5 @@
-"""`payouts-worker ARGS`: `celery -A payouts_tasks worker ARGS`, once per core (WORKER_PROCESSES).
+"""`payouts-worker ARGS`: `celery -A payouts_tasks worker ARGS`, once per core (WORKER_PROCESSES);
+`payouts-worker --webhooks ARGS`: the one webhook worker process (see `role`).
 
 A gevent worker runs all its greenlets in one process, so it uses one core, and Celery has no pool
 that runs several gevent processes (docs/BENCHMARKS.md, scale-1w / scale-2w). This
@@ -24,10 +25,12 @@ from celery.utils.nodenames import host_format
 
 from payouts_core.logs import configure_logging
 from payouts_core.settings import Settings, SettingsError
+from payouts_tasks.routing import WEBHOOK_QUEUE
 
 log = logging.getLogger(__name__)
 
 CELERY_WORKER = ("-A", "payouts_tasks", "worker")
+WEBHOOKS_FLAG = "--webhooks"
 # Forwarded one for one: SIGTERM is Celery's warm shutdown, SIGINT warm then cold, SIGQUIT cold.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # A dead child's first restart waits this long; the wait doubles while it keeps dying young (a
@@ -201,6 +204,22 @@ def child_env(env: dict[str, str], settings: Settings, index: int) -> dict[str, 
     return env
 
 
+def role(args: list[str], settings: Settings) -> tuple[list[str], int]:
+    """(celery worker arguments, processes) for the Procfile's two worker lines.
+
+    `--webhooks`: the webhook worker, one process of PAYOUTS_WEBHOOK_CONCURRENCY greenlets on the
+    webhooks queue only. Otherwise a settlement worker, WORKER_PROCESSES processes on every queue
+    but the webhooks one, so a slow receiver never holds a settlement greenlet (issue 20); a
+    command line that names its own queues (-Q) is left as it is.
+    """
+    if WEBHOOKS_FLAG in args:
+        rest = [a for a in args if a != WEBHOOKS_FLAG]
+        return [*rest, "--queues", WEBHOOK_QUEUE, "--concurrency", str(settings.webhook_concurrency)], 1
+    if any(a in ("-Q", "--queues") or a.startswith(("-Q", "--queues=")) for a in args):
+        return args, settings.worker_processes
+    return [*args, "--exclude-queues", WEBHOOK_QUEUE], settings.worker_processes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -209,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"payouts-worker: {exc}", file=sys.stderr)
         return 2
     command = celery_command()
-    if settings.worker_processes == 1:
+    args, processes = role(args, settings)
+    if processes == 1:
         os.execvp(command[0], [*command, *args])  # no parent left: the worker is this process
     configure_logging(settings.log_level, settings.log_format)
     rest, hostname = split_hostname(args)
     # Expanded here as Celery would (%h, %n, %d), so the launcher's log names the nodes Flower shows.
-    names = [host_format(name) for name in child_hostnames(hostname, settings.worker_processes)]
+    names = [host_format(name) for name in child_hostnames(hostname, processes)]
     children = [Child(name, [*command, *rest, "--hostname", name], child_env(dict(os.environ), settings, i))
                 for i, name in enumerate(names, start=1)]
     return Supervisor(children).run()

@@ -174,7 +174,8 @@ def main() -> int:
         f"Flower http://127.0.0.1:{env.get('FLOWER_PORT') or 5555}; Ctrl-C stops everything")
     processes = settings.worker_processes
     say(f"{processes} Celery worker process{'es' if processes > 1 else ''} (gevent, "
-        f"{settings.worker_concurrency} greenlets each; WORKER_PROCESSES, default one per usable core)")
+        f"{settings.worker_concurrency} greenlets each; WORKER_PROCESSES, default one per usable core)"
+        f" and the webhook worker ({settings.webhook_concurrency} greenlets)")
     try:
         return run_honcho(env)
     finally:

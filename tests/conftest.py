@@ -36,10 +36,14 @@ TEST_ENV = {
     "PAYOUTS_API_KEYS": ("tests:tests-key-0123456789,tests:rotated-key-0123456789,"
                          "other:other-key-0123456789"),
     "PAYOUTS_API_KEY": "tests-key-0123456789",  # what the CLI sends
+    "PAYOUTS_METRICS_TOKEN": "operator-token-0123456789",  # /metrics: the operator's, no client's
+    # Local receivers listen on free ports; production allows 443 only (README "Webhooks").
+    "PAYOUTS_WEBHOOK_PORTS": "*",
 }
 API_KEY = TEST_ENV["PAYOUTS_API_KEY"]
 ROTATED_KEY = "rotated-key-0123456789"
 OTHER_KEY = "other-key-0123456789"
+METRICS_TOKEN = TEST_ENV["PAYOUTS_METRICS_TOKEN"]
 
 
 class FixedRemoteAddr:
@@ -120,9 +124,13 @@ def uid() -> str:
 
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory):
-    """One real worker (the Procfile's) on the session Redis; the fault suite starts its own."""
+    """One real worker (the Procfile's) on the session Redis, and the Procfile's webhook worker
+    beside it; the fault suite starts its own."""
     with Stack(tmp_path_factory.mktemp("worker")) as stack:
-        yield stack.start_worker()
+        settlement = stack.start_worker(wait=False)
+        webhooks = stack.start_webhook_worker(wait=False)
+        stack.wait_for_workers([settlement, webhooks])
+        yield settlement
 
 
 @pytest.fixture(scope="session")

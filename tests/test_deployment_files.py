@@ -109,16 +109,17 @@ def test_env_example_values_are_the_defaults():
 
 # --- Procfile -------------------------------------------------------------------------------------
 
-def test_procfile_runs_api_worker_beat_archiver_and_flower():
+def test_procfile_runs_api_workers_beat_archiver_and_flower():
     processes = procfile()
-    assert set(processes) == {"api", "worker", "beat", "archiver", "flower"}
+    assert set(processes) == {"api", "worker", "webhooks", "beat", "archiver", "flower"}
     assert with_defaults(processes["archiver"]) == ["payouts", "archiver"]
     assert "payouts_api:create_app()" in with_defaults(processes["api"])
     assert with_defaults(processes["worker"])[0] == "payouts-worker"
+    assert with_defaults(processes["webhooks"])[:2] == ["payouts-worker", "--webhooks"]
     assert with_defaults(processes["flower"])[:4] == ["celery", "-A", "payouts_tasks", "flower"]
 
 
-@pytest.mark.parametrize("process", ["api", "worker", "beat", "archiver", "flower"])
+@pytest.mark.parametrize("process", ["api", "worker", "webhooks", "beat", "archiver", "flower"])
 def test_procfile_executables_are_in_the_venv(process):
     executable = with_defaults(procfile()[process])[0]
     assert (BIN / executable).exists(), f"{executable} not installed in {BIN}"
@@ -138,11 +139,15 @@ def test_celery_worker_accepts_the_worker_options():
     """payouts-worker hands its arguments to `celery -A payouts_tasks worker`."""
     from celery.bin.worker import worker
 
+    from payouts_core.settings import Settings
+    from payouts_tasks.worker_processes import role
+
     known = {opt for param in worker.params for opt in param.opts}
-    args = with_defaults(procfile()["worker"])[1:]
-    flags = [arg for arg in args if arg.startswith("-")]
-    assert flags and set(flags) <= known
-    assert "--pool" in flags and args[args.index("--pool") + 1] == "gevent"
+    for line in ("worker", "webhooks"):
+        args, _ = role(with_defaults(procfile()[line])[1:], Settings.from_env({}))
+        flags = [arg for arg in args if arg.startswith("-")]
+        assert flags and set(flags) <= known
+        assert "--pool" in flags and args[args.index("--pool") + 1] == "gevent"
 
 
 def console_scripts() -> dict[str, str]:
@@ -215,8 +220,8 @@ def test_procfile_processes_find_the_apps():
 
 def test_compose_services():
     services = compose()["services"]
-    assert {"redis", "rabbitmq", "postgres", "migrate", "api", "worker", "beat", "archiver",
-            "flower"} <= set(services)
+    assert {"redis", "rabbitmq", "postgres", "migrate", "api", "worker", "webhooks", "beat",
+            "archiver", "flower"} <= set(services)
 
 
 def test_compose_redis_is_durable_and_never_evicts():
@@ -231,7 +236,7 @@ def test_compose_redis_is_durable_and_never_evicts():
     assert volume in doc["volumes"]
 
 
-@pytest.mark.parametrize("service", ["api", "worker", "beat", "archiver", "flower"])
+@pytest.mark.parametrize("service", ["api", "worker", "webhooks", "beat", "archiver", "flower"])
 def test_compose_app_services_share_the_image_and_wait_for_redis_and_rabbitmq(service):
     spec = compose()["services"][service]
     assert spec["build"] == "."
@@ -364,6 +369,7 @@ def test_compose_commands_match_the_procfile():
         ours, theirs = with_defaults(services[name]["command"]), with_defaults(processes[name])
         assert ours[:4] == theirs[:4], name
     assert with_defaults(services["worker"]["command"]) == with_defaults(processes["worker"])
+    assert with_defaults(services["webhooks"]["command"]) == with_defaults(processes["webhooks"])
 
 
 def test_compose_names_only_known_variables():

@@ -17,10 +17,12 @@ class Received:
 @dataclass
 class Receiver:
     """Each request takes the next answer of `script` (the last one repeats): a status code, or
-    ("sleep", seconds, status) to answer late, or (status, {"Retry-After": ...})."""
+    ("sleep", seconds, status) to answer late, (status, {"Retry-After": ...}), or ("trickle",
+    seconds) to send a 200 answer one byte every `seconds` until the sender hangs up."""
 
     script: list = field(default_factory=lambda: [200])
     received: list[Received] = field(default_factory=list)
+    hung_up: list[float] = field(default_factory=list)  # when a trickled answer's sender hung up
 
     def start(self, port: int = 0) -> Receiver:
         """Serve on 127.0.0.1 (on `port`, to come back where an endpoint points after an outage)."""
@@ -32,6 +34,9 @@ class Receiver:
                 receiver.received.append(Received(dict(self.headers), body))
                 answer = receiver.script[min(len(receiver.received), len(receiver.script)) - 1]
                 headers = {}
+                if isinstance(answer, tuple) and answer[0] == "trickle":
+                    self.trickle(answer[1])
+                    return
                 if isinstance(answer, tuple) and answer[0] == "sleep":
                     time.sleep(answer[1])
                     answer = answer[2]
@@ -43,6 +48,16 @@ class Receiver:
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def trickle(self, seconds: float) -> None:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 1000:
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the sender gave up: what the test waits for
+                        receiver.hung_up.append(time.monotonic())
+                        return
+                    time.sleep(seconds)
 
             def log_message(self, *args):
                 pass

@@ -349,8 +349,10 @@ def report_json(store: PayoutStore, ledger: LedgerReads, ref: BatchRef) -> str |
 
 
 def batch_items(store: PayoutStore, ledger: LedgerReads, ref: BatchRef, limit: int,
-                start: int = 0, status: str | None = None) -> tuple[list[dict], int | None] | None:
-    found = store.batch_items(ref, limit, start, status)
+                start: int = 0, status: str | None = None, max_scan: int | None = None
+                ) -> tuple[list[dict], int | None] | None:
+    """`max_scan` bounds the items Redis decodes per page (the ledger's query is indexed)."""
+    found = store.batch_items(ref, limit, start, status, max_scan=max_scan)
     return found if found is not None else ledger.batch_items(ref, limit, start, status)
 
 

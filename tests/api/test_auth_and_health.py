@@ -6,6 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from payouts_core.settings import SettingsError
+from tests.conftest import METRICS_TOKEN
 
 KEY = "tests-key-0123456789"
 ROTATED = "rotated-key-0123456789"
@@ -103,7 +104,7 @@ def test_metrics_move_after_a_batch(client, uid):
     from tests.conftest import wait_for_report
 
     def sample(name: str, **labels) -> float:
-        text = client.get("/metrics").get_data(as_text=True)
+        text = client.get("/metrics", headers=bearer(METRICS_TOKEN)).get_data(as_text=True)
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):

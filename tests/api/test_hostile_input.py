@@ -231,8 +231,9 @@ def test_an_object_with_too_many_keys_is_one_error(client, raw, path):
 
 
 def largest_valid_item() -> dict:
-    """Every field at its longest: 64-char ids, the amount cap the production guard allows
-    (1,499,999 x 1,000: 10 digits), a 100-character key (a phone's separators count), a type."""
+    """Every field at its longest: 64-char ids, a 10-digit amount (above the regulatory cap
+    production allows; development and test allow more), a 100-character key (a phone's
+    separators count), a type."""
     key = "+55 (11) 9" + " " * (MAX_RAW_LENGTH - 19) + "1234-5678"
     assert len(key) == MAX_RAW_LENGTH and parse_pix_key(key).value == "+5511912345678"
     return {"external_id": "e" * 64, "user_id": "u" * 64, "amount_cents": 1_499_999_000,

@@ -17,7 +17,7 @@ from payouts_core.settings import get_settings
 from payouts_core.store import OUTBOX
 from payouts_devstack import free_port, start_redis
 from tests.api.test_bad_input import assert_problem
-from tests.conftest import OTHER_KEY, wait_for_report
+from tests.conftest import METRICS_TOKEN, OTHER_KEY, wait_for_report
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def batch(batch_id: str, n: int = 2) -> dict:
 
 
 def sample(client, name: str) -> float | None:
-    for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+    scrape = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    for family in text_string_to_metric_families(scrape.get_data(as_text=True)):
         for s in family.samples:
             if s.name == name:
                 return s.value

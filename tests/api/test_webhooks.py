@@ -180,3 +180,30 @@ def test_webhook_operations_match_the_openapi_document(case):
     response = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance],
                                       headers={"Authorization": f"Bearer {FUZZ_KEY}"})
     assert response.status_code != 401
+
+
+# --- issue 20 -----------------------------------------------------------------------------------
+
+def test_answers_holding_a_secret_are_not_stored_by_caches(client):
+    created = register(client)
+    rotated = client.post(f"/api/webhooks/{created.get_json()['id']}/rotate-secret")
+
+    assert created.headers["Cache-Control"] == rotated.headers["Cache-Control"] == "no-store"
+    assert "Cache-Control" not in client.get("/api/webhooks").headers  # no secret there
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://hooks.platform.example/h", True), ("https://hooks.platform.example:443/h", True),
+    ("https://hooks.platform.example:8443/h", False), ("https://hooks.platform.example:6379/h", False),
+    ("https://[2002:a9fe:a9fe::]/h", False), ("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/h", False),
+])
+def test_default_ports_and_tunnelled_addresses_at_registration(make_client, url, allowed):
+    client = make_client(webhook_ports=())  # the production default: 443 only
+
+    assert register(client, url).status_code == (201 if allowed else 422)
+
+
+def test_a_configured_port_is_allowed(make_client):
+    client = make_client(webhook_ports=(8443,))
+    assert register(client, "https://hooks.platform.example:8443/h").status_code == 201
+    assert register(client, "https://hooks.platform.example/h").status_code == 422

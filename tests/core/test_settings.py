@@ -10,11 +10,13 @@ import pytest
 from payouts_core.settings import (
     EXAMPLE_API_KEYS,
     MAX_WORKER_PROCESSES,
-    PRODUCTION_MAX_AMOUNT_CENTS,
+    REGULATORY_MAX_AMOUNT_CENTS,
     Settings,
     SettingsError,
     key_digest,
     usable_cores,
+    webhook_lease_s,
+    webhook_time_limit_s,
 )
 from payouts_tasks.faults import armed_marker
 
@@ -61,7 +63,7 @@ UNSAFE = [
     ("PAYOUTS_AUTH_DISABLED", {"PAYOUTS_AUTH_DISABLED": "true"}),
     ("PAYOUTS_FAULT_CRASH_AFTER_PAY", {"PAYOUTS_FAULT_CRASH_AFTER_PAY": "crash"}),
     ("PAYOUTS_API_KEYS", {"PAYOUTS_API_KEYS": f"real:{'r' * 32},platform-a:{EXAMPLE_API_KEYS[0]}"}),
-    ("PAYOUTS_MAX_AMOUNT_CENTS", {"PAYOUTS_MAX_AMOUNT_CENTS": str(PRODUCTION_MAX_AMOUNT_CENTS + 1)}),
+    ("PAYOUTS_MAX_AMOUNT_CENTS", {"PAYOUTS_MAX_AMOUNT_CENTS": str(REGULATORY_MAX_AMOUNT_CENTS + 1)}),
 ]
 
 
@@ -92,9 +94,13 @@ def test_development_and_test_accept_them(name, env, environment):
     Settings.from_env({**env, "PAYOUTS_ENV": environment})
 
 
-def test_production_accepts_the_largest_plausible_cap():
-    cap = Settings.from_env({"PAYOUTS_MAX_AMOUNT_CENTS": str(PRODUCTION_MAX_AMOUNT_CENTS)})
-    assert cap.max_amount_cents == 1_499_999_000
+def test_production_accepts_the_regulatory_cap_and_no_more():
+    """Res. BCB 496/2025: R$ 15.000 per transfer for institutions the Banco Central has not
+    authorised (issue 20: the guard allowed 1,000 times that)."""
+    cap = Settings.from_env({"PAYOUTS_MAX_AMOUNT_CENTS": str(REGULATORY_MAX_AMOUNT_CENTS)})
+    assert cap.max_amount_cents == 1_499_999
+    with pytest.raises(SettingsError, match="Res. BCB 496/2025"):
+        Settings.from_env({"PAYOUTS_MAX_AMOUNT_CENTS": "1500000"})
 
 
 @pytest.mark.parametrize("environment", ["production", "development", "test"])
@@ -148,3 +154,49 @@ def test_production_refuses_the_archiver_fault_hook():
 def test_development_and_test_accept_the_archiver_fault_hook(environment):
     settings = Settings.from_env({**ARCHIVER_FAULT, "PAYOUTS_ENV": environment})
     assert settings.ledger.fault_crash_after_commit is True
+
+
+# --- issue 20: isolation settings ---------------------------------------------------------------
+
+def test_isolation_defaults():
+    settings = Settings.from_env({})
+    assert settings.trusted_proxy_hops == 0
+    assert settings.metrics_token_digest == ""
+    assert settings.webhook_ports == ()  # 443 (and 80 with plain HTTP)
+    assert settings.max_batch_amount_cents < 10_000 * REGULATORY_MAX_AMOUNT_CENTS
+    assert settings.max_batch_amount_cents <= settings.max_daily_amount_cents
+
+
+# The fault suite's: a killed worker's messages come back within 16 s.
+SHORT_REDELIVERY = {"PAYOUTS_VISIBILITY_TIMEOUT_S": "16", "PAYOUTS_SETTLE_TIME_LIMIT_S": "5",
+                    "PIX_SIM_SETTLEMENT_TIMEOUT_S": "2", "PAYOUTS_STALL_AFTER_S": "6",
+                    "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.5"}
+
+
+def test_a_webhook_attempts_deadline_time_limit_and_lease_nest_below_the_visibility_timeout():
+    settings = Settings.from_env({**SHORT_REDELIVERY, "PAYOUTS_WEBHOOK_TIMEOUT_S": "9"})
+    deadline = settings.webhook_timeout_s
+    assert deadline < webhook_time_limit_s(deadline) < webhook_lease_s(deadline) < 16
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"PAYOUTS_WEBHOOK_TIMEOUT_S": "60"}, "PAYOUTS_WEBHOOK_TIMEOUT_S"),  # + 10 s slack = visibility 70
+    ({**SHORT_REDELIVERY, "PAYOUTS_WEBHOOK_TIMEOUT_S": "10"}, "PAYOUTS_WEBHOOK_TIMEOUT_S"),
+    ({"PAYOUTS_TRUSTED_PROXY_HOPS": "6"}, "PAYOUTS_TRUSTED_PROXY_HOPS"),
+    ({"PAYOUTS_TRUSTED_PROXY_HOPS": "-1"}, "PAYOUTS_TRUSTED_PROXY_HOPS"),
+    ({"PAYOUTS_METRICS_TOKEN": "short"}, "PAYOUTS_METRICS_TOKEN"),
+    ({"PAYOUTS_WEBHOOK_PORTS": "443,http"}, "PAYOUTS_WEBHOOK_PORTS"),
+    ({"PAYOUTS_WEBHOOK_PORTS": "0"}, "PAYOUTS_WEBHOOK_PORTS"),
+    ({"PAYOUTS_MAX_BATCH_AMOUNT_CENTS": "0"}, "PAYOUTS_MAX_BATCH_AMOUNT_CENTS"),
+    ({"PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT": "0"}, "PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT"),
+])
+def test_contradicting_or_bad_isolation_settings_are_refused_at_start(env, name):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({"PAYOUTS_ENV": "test", **env})
+
+
+def test_webhook_ports_and_token_parse():
+    settings = Settings.from_env({"PAYOUTS_WEBHOOK_PORTS": "443, 8443", "PAYOUTS_METRICS_TOKEN": "m" * 20})
+    assert settings.webhook_ports == (443, 8443)
+    assert settings.metrics_token_digest and "m" * 20 not in repr(settings)
+    assert Settings.from_env({"PAYOUTS_WEBHOOK_PORTS": "*"}).webhook_ports is None

@@ -39,6 +39,8 @@ STACK_ENV = {
     "PIX_SIM_SETTLEMENT_TIMEOUT_S": "2",
     "WORKER_CONCURRENCY": "100",
     "PAYOUTS_WORKER_METRICS_PORT": "0",
+    # A webhook attempt's lease (deadline x 1.5 + 2 s) must stay below the visibility timeout.
+    "PAYOUTS_WEBHOOK_TIMEOUT_S": "2",
 }
 
 
@@ -72,10 +74,13 @@ class Stack(DevStack):
                 raise
         return worker
 
-    def start_service(self, **worker_options) -> Process:
-        """API, beat and one worker, as production runs them; returns the worker."""
+    def start_service(self, webhooks: bool = False, **worker_options) -> Process:
+        """API, beat and one worker (and the webhook worker with `webhooks`), as production runs
+        them; returns the settlement worker."""
         self.start_api()
         self.start_beat()
+        if webhooks:
+            self.start_webhook_worker()
         return self.start_worker(**worker_options)
 
     def close(self, grace: float = 5.0) -> None:

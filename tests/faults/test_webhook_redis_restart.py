@@ -132,7 +132,7 @@ def receivers():
 def test_pending_delivery_survives_a_redis_restart(make_stack, receivers, retry_path):
     receiver, bystander = receivers
     stack = make_stack("redis", **{**ENV, **RETRY_PATHS[retry_path]})
-    stack.start_service()
+    stack.start_service(webhooks=True)
     scenario = Scenario(stack, receiver, bystander)
     failing = wait_for(lambda: (d := scenario.delivery()) and d["attempts"] >= 1 and d, 60,
                        "a failed first attempt")
@@ -156,7 +156,7 @@ def test_delivery_in_flight_when_redis_stops(make_stack, receivers):
     held = HeldAnswer(200)
     receiver.script = held
     stack = make_stack("redis", **{**ENV, **RETRY_PATHS["due-set"]})
-    stack.start_service()
+    stack.start_service(webhooks=True)
     scenario = Scenario(stack, receiver, bystander)
     receiver.wait_for(1, timeout=60)  # in flight: the worker waits for the answer
 

@@ -14,11 +14,12 @@ import sys
 import redis
 
 
-def drain(app) -> list[dict]:
-    """Every message of the default queue, in publish order, as a worker would decode it."""
+def drain(app, name: str) -> list[dict]:
+    """Every message of queue `name` (the client's settle queue, where both publishes must put
+    the header), in publish order, as a worker would decode it."""
     messages = []
     with app.connection_for_read() as conn:
-        queue = app.amqp.queues[app.conf.task_default_queue](conn.default_channel)
+        queue = app.amqp.queues[name](conn.default_channel)
         queue.declare()  # as the first publish would (a new RabbitMQ vhost has none)
         while (message := queue.get(no_ack=True)) is not None:
             properties = dict(message.properties)
@@ -46,18 +47,20 @@ def main(client: str, batch_id: str, total: int, in_task: bool) -> None:
     from payouts_core.settings import get_settings
     from payouts_core.store import BatchRef
     from payouts_tasks.batches import batch_chord, publish, publish_items
+    from payouts_tasks.routing import settle_queue
 
     app = publish.app
     ref = BatchRef(client, batch_id)
     if in_task:  # as inside the worker's payouts.publish task: parent and root ids set
         _task_stack.push(publish)
         publish.push_request(id="publish-task-id", root_id="root-task-id", called_directly=False)
-    drain(app)
+    queue = settle_queue(client)
+    drain(app, queue)
     out = {}
     out["celery_result"] = batch_chord(ref, range(total)).apply_async().id
-    out["celery"], out["celery_keys"] = drain(app), chord_keys(get_settings().result_backend)
+    out["celery"], out["celery_keys"] = drain(app, queue), chord_keys(get_settings().result_backend)
     out["template_result"] = publish_items(ref, range(total))
-    out["template"], out["template_keys"] = drain(app), chord_keys(get_settings().result_backend)
+    out["template"], out["template_keys"] = drain(app, queue), chord_keys(get_settings().result_backend)
     json.dump(out, sys.stdout)
 
 

@@ -4,6 +4,7 @@ batch. The Celery task only wraps `attempt_delivery`; tests/e2e/test_webhooks.py
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -12,8 +13,9 @@ from standardwebhooks import Webhook
 
 from payouts_core.resources import store_client
 from payouts_core.settings import get_settings
-from payouts_core.webhooks import WebhookStore
+from payouts_core.webhooks import DUE, WebhookStore
 from payouts_tasks.webhooks import attempt_delivery, backoff_s
+from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver
 
 LOOPBACK = replace(get_settings(), webhooks_allow_http=True, webhooks_allow_private=True,
@@ -233,3 +235,119 @@ def test_the_sweeper_resends_a_delivery_no_message_carries(hooks, uid, monkeypat
     tasks_webhooks.redrive_due()
 
     assert sent.count((client, delivery_id)) == 1
+
+
+# --- issue 20: a receiver cannot hold an attempt, every attempt ends with an outcome ----------
+
+def test_a_trickling_receiver_is_cut_at_the_attempts_deadline(hooks, receiver, uid):
+    """One byte every 0.2 s never trips a 0.5 s read timeout; the attempt's wall-clock deadline
+    (PAYOUTS_WEBHOOK_TIMEOUT_S) ends it anyway, and it is recorded and retried."""
+    receiver.script = [("trickle", 0.2), 200]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    started = time.monotonic()
+
+    outcome, countdown = attempt_delivery(LOOPBACK, client, delivery_id)
+
+    assert (outcome, countdown is not None) == ("retry", True)
+    assert time.monotonic() - started < 3 * LOOPBACK.webhook_timeout_s  # not the 400 s trickle
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"]) == ("pending", 1)
+    assert "DeadlinePassed" in log["last_error"]
+    assert wait_for(lambda: receiver.hung_up, 5, "the sender hanging up")
+    assert run_until_final(client, delivery_id) == ["delivered"]
+
+
+@pytest.mark.parametrize("retry_after", ["9" * 400, "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_an_absurd_retry_after_is_clamped_and_the_attempt_recorded(hooks, receiver, uid, retry_after):
+    """A 400-digit Retry-After was infinity: int(inf) raised, no outcome was recorded and the
+    sweeper re-sent the delivery every sweep for 30 days. Now it asks past the retry window,
+    so the delivery fails for good, with its attempt counted."""
+    receiver.script = [(503, {"Retry-After": retry_after})]
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("failed", None)
+
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"], log["last_status_code"]) == ("failed", 1, 503)
+    assert "retry window over" in log["last_error"]
+    assert hooks.client.zscore(DUE, f"{client}:{delivery_id}") is None
+
+
+def test_an_attempt_that_breaks_still_records_an_outcome(hooks, receiver, uid, monkeypatch):
+    """Whatever goes wrong between sending and recording, the attempt ends pending with its
+    error and a next attempt, never silently."""
+    import payouts_tasks.webhooks as tasks_webhooks
+
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+
+    def broken(*_args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(tasks_webhooks, "_retry_after_s", broken)
+    receiver.script = [503]
+
+    assert attempt_delivery(LOOPBACK, client, delivery_id)[0] == "retry"
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"]) == ("pending", 1)
+    assert "ZeroDivisionError" in log["last_error"]
+
+
+def test_a_done_delivery_leaves_the_due_set(hooks, receiver, uid):
+    """A delivery that ended meanwhile (delivered by another message, failed) is removed from
+    the sweeper's due set by the next message that finds it done, instead of every sweep."""
+    client, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    assert run_until_final(client, delivery_id) == ["delivered"]
+    member = f"{client}:{delivery_id}"
+    hooks.client.zadd(DUE, {member: 0})  # as a redeliver racing the delivery leaves it
+
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("done", None)
+    assert hooks.client.zscore(DUE, member) is None
+    assert len(receiver.received) == 1
+
+
+def test_the_previous_secret_is_gone_after_its_grace(hooks, receiver, uid):
+    """Redis expires the replaced secret with its grace period: nothing keeps it afterwards."""
+    client, old_secret, delivery_id = one_delivery(hooks, uid, receiver.url)
+    endpoint_id = hooks.delivery(client, delivery_id)["endpoint_id"]
+    hooks.rotate_secret(client, endpoint_id, grace_s=1)
+    previous_key = f"payouts:webhook:previous:{client}:{endpoint_id}"
+    assert hooks.client.get(previous_key) == old_secret.encode()
+
+    wait_for(lambda: not hooks.client.exists(previous_key), 3, "the previous secret expiring")
+
+    stored = [v.decode() for v in hooks.client.hvals(f"payouts:webhook:endpoints:{client}")]
+    assert not any(old_secret in v for v in stored)
+    assert run_until_final(client, delivery_id) == ["delivered"]
+    assert receiver.received[0].headers["webhook-signature"].count("v1,") == 1
+
+
+def test_one_clients_slow_receivers_take_at_most_its_in_flight_cap(hooks, uid):
+    """With a cap of 2, a client's third concurrent attempt is throttled (asked again shortly,
+    no attempt counted) while another client's delivery is sent at once."""
+    slow = Receiver(script=[("sleep", 1.0, 200)]).start()
+    fast = Receiver().start()
+    try:
+        capped = replace(LOOPBACK, webhook_timeout_s=3, webhook_inflight_per_client=2)
+        client = f"t{uid}"
+        hooks.add_endpoint(client, slow.url, ["batch.completed"], "")
+        ids = [hooks.emit(client, "batch.completed", f"batch:{uid}-{i}", {}, 0)[1][0] for i in range(3)]
+        other, _, other_id = one_delivery(hooks, f"o{uid}", fast.url)
+        results = {}
+        threads = [threading.Thread(target=lambda d=d: results.setdefault(
+            d, attempt_delivery(capped, client, d))) for d in ids[:2]]
+        for thread in threads:
+            thread.start()
+        slow.wait_for(2)
+
+        outcome, countdown = attempt_delivery(capped, client, ids[2])
+        assert outcome == "throttled" and 0 < countdown <= 4
+        assert hooks.delivery(client, ids[2])["attempts"] == 0
+        assert attempt_delivery(capped, other, other_id) == ("delivered", None)
+
+        for thread in threads:
+            thread.join()
+        assert [results[d][0] for d in ids[:2]] == ["delivered", "delivered"]
+        assert attempt_delivery(capped, client, ids[2]) == ("delivered", None)  # slots released
+    finally:
+        slow.stop()
+        fast.stop()

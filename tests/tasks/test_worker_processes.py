@@ -162,3 +162,19 @@ def test_each_child_gets_its_own_metrics_port():
     off = Settings.from_env({"WORKER_PROCESSES": "3", "PAYOUTS_WORKER_METRICS_PORT": "0"})
     assert child_env({"A": "1"}, off, 2) == {"A": "1"}
 
+
+
+# --- issue 20: the settlement and webhook roles ---------------------------------------------------
+
+def test_settlement_workers_never_consume_webhooks_and_the_webhook_worker_only_them():
+    from payouts_core.settings import Settings
+    from payouts_tasks.routing import WEBHOOK_QUEUE
+    from payouts_tasks.worker_processes import role
+
+    settings = Settings.from_env({"WORKER_PROCESSES": "3", "PAYOUTS_WEBHOOK_CONCURRENCY": "40"})
+
+    assert role(["--pool", "gevent"], settings) == (
+        ["--pool", "gevent", "--exclude-queues", WEBHOOK_QUEUE], 3)
+    assert role(["--webhooks", "--pool", "gevent"], settings) == (
+        ["--pool", "gevent", "--queues", WEBHOOK_QUEUE, "--concurrency", "40"], 1)
+    assert role(["-Q", "celery"], settings) == (["-Q", "celery"], 3)  # chosen by hand: as given

@@ -1,0 +1,76 @@
+"""Issue 20 with real processes on both brokers: one client's backlog does not hold up another
+client's new batch, a client's batches complete in their order, and exactly once still holds
+when a worker is SIGKILLed while two clients' queues are being served."""
+
+from __future__ import annotations
+
+import signal
+
+import requests
+
+from tests.conftest import OTHER_KEY, wait_for
+from tests.faults.stack import BROKERS, items
+
+SLOW = {"PIX_SIM_LATENCY_MS": "150-250", "WORKER_CONCURRENCY": "20"}  # ~100 items/s
+
+
+def post_as_other(stack, batch_id: str, count: int) -> None:
+    response = requests.post(f"{stack.api_url}/api/payouts", timeout=60,
+                             headers={"Authorization": f"Bearer {OTHER_KEY}"},
+                             json={"batch_id": batch_id, "items": items(batch_id, count)})
+    assert response.status_code == 202, response.text
+
+
+def other_report(stack, batch_id: str) -> dict:
+    from payouts_core.store import BatchRef
+
+    return stack.store.report(BatchRef("other", batch_id))
+
+
+@BROKERS
+def test_a_new_clients_batch_is_not_queued_behind_anothers_backlog(make_stack, broker):
+    """A's 1,500 items take ~15 s at 100 items/s; B's 5 items, posted once A's are all queued,
+    complete while most of A's are still waiting (behind A's queue they would come last)."""
+    stack = make_stack(broker, **SLOW)
+    stack.start_service()
+    assert stack.post("a1", items("a1", 1500)).status_code == 202
+    wait_for(lambda: stack.report("a1")["processed"] >= 1, 30, "A's first items")
+
+    post_as_other(stack, "b1", 5)
+    b = wait_for(lambda: (r := other_report(stack, "b1")) and r["status"] == "completed" and r, 60,
+                 "B's batch")
+
+    assert b["successful"] == 5
+    assert stack.report("a1")["processed"] < 1000  # A still has most of its backlog ahead
+    stack.assert_exactly_once(["a1"], timeout=120)
+
+
+@BROKERS
+def test_one_clients_batches_complete_in_their_order(make_stack, broker):
+    stack = make_stack(broker, **SLOW)
+    stack.start_service()
+    for batch_id in ("o1", "o2", "o3"):
+        assert stack.post(batch_id, items(batch_id, 300)).status_code == 202
+
+    reports = stack.assert_exactly_once(["o1", "o2", "o3"], timeout=120)
+
+    completed = [r["completed_at"] for r in reports]
+    assert completed == sorted(completed)
+
+
+@BROKERS
+def test_exactly_once_when_a_worker_dies_serving_two_clients(make_stack, broker):
+    stack = make_stack(broker, **SLOW)
+    worker = stack.start_service()
+    assert stack.post("k1", items("k1", 400)).status_code == 202
+    post_as_other(stack, "k2", 400)
+    wait_for(lambda: stack.report("k1")["processed"] >= 50, 60, "A's batch under way")
+
+    worker.signal_group(signal.SIGKILL)
+    worker.wait()
+    stack.start_worker()
+
+    stack.assert_exactly_once(["k1"], timeout=180)
+    final = wait_for(lambda: (r := other_report(stack, "k2")) and r["status"] == "completed" and r,
+                     180, "B's batch after the kill")
+    assert final["successful"] == 400
