@@ -12,6 +12,7 @@ never on any other answer: 2xx is delivered, 3xx and other 4xx fail it for good.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
@@ -241,16 +242,31 @@ def _attempt(settings: Settings, store: WebhookStore, attempt: Attempt) -> tuple
         return _retry(settings, store, attempt, None, f"{type(exc).__name__}: {exc}"[:300], None)
     if 200 <= code < 300:
         store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number)
+        _note_in_ledger(attempt, "webhook.delivered", number, code)
         DELIVERIES.labels("delivered").inc()
         log.info("webhook delivered", extra={**context, "status_code": code})
         return "delivered", None
     error = f"HTTP {code}" + (f": {answer}" if answer else "")
     if code != 429 and code < 500:
         store.end_attempt(client, delivery_id, "failed", code, error, attempts=number)
+        _note_in_ledger(attempt, "webhook.failed", number, code)
         DELIVERIES.labels("failed").inc()
         log.warning("webhook answered %s: not retried", code, extra=context)
         return "failed", None
     return _retry(settings, store, attempt, code, error, _retry_after_s(retry_after_header))
+
+
+def _note_in_ledger(attempt: Attempt, event_type: str, number: int, code: int | None) -> None:
+    """A batch event's final delivery outcome joins the batch's trail in the ledger (SPEC §10).
+    Recorded after the delivery's own record: a crash between the two loses this ledger event
+    (the delivery log keeps the outcome), never records it twice."""
+    event = json.loads(attempt.body)
+    batch_id = event.get("data", {}).get("batch_id")
+    if batch_id is not None:
+        get_store().note_event(BatchRef(attempt.client, batch_id), -1, event_type, number,
+                               None if code is None else str(code),
+                               {"delivery_id": attempt.delivery_id, "event_id": event["id"],
+                                "event_type": event["type"]})
 
 
 def _retry(settings: Settings, store: WebhookStore, attempt: Attempt, code: int | None, error: str,
@@ -263,6 +279,7 @@ def _retry(settings: Settings, store: WebhookStore, attempt: Attempt, code: int 
     if next_ms > attempt.window_start_ms + settings.webhook_retry_window_s * 1000:
         store.end_attempt(client, delivery_id, "failed", code, f"{error} (retry window over)",
                           attempts=number)
+        _note_in_ledger(attempt, "webhook.failed", number, code)
         DELIVERIES.labels("failed").inc()
         log.warning("webhook given up after %s attempts", number, extra=context)
         return "failed", None

@@ -351,3 +351,28 @@ def test_one_clients_slow_receivers_take_at_most_its_in_flight_cap(hooks, uid):
     finally:
         slow.stop()
         fast.stop()
+
+
+def test_a_batch_events_delivery_outcome_joins_the_batch_trail(hooks, receiver, uid, store):
+    """The delivered outcome (after a retry) becomes one batch event in the outbox, in the
+    batch's sequence; the retry itself is in the delivery log, not the ledger."""
+    import json as _json
+
+    from payouts_core.store import OUTBOX, BatchRef, Order, batch_keys, fingerprint
+
+    client = f"t{uid}"
+    ref = BatchRef(client, uid)
+    store.create_batch(ref, fingerprint({"u": uid}), [Order(0, f"w-{uid}", "u", 1, "a@b.com", "a***")],
+                       lease_token="t")
+    receiver.script = [500, 200]
+    _, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    assert run_until_final(client, delivery_id) == ["retry", "delivered"]
+
+    member = ref.member
+    events = [_json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)
+              if _json.loads(fields[b"e"])["m"] == member]
+    assert [(e["t"], e["i"], e.get("a"), e.get("k")) for e in events] == [
+        ("batch.accepted", -1, None, None), ("webhook.delivered", -1, 2, "200")]
+    assert events[1]["d"] == {"delivery_id": delivery_id, "event_id": events[1]["d"]["event_id"],
+                              "event_type": "batch.completed"}
+    assert store.client.hget(batch_keys(ref)[0], "events") == b"2"
