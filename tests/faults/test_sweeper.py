@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from payouts_core.store import Order, fingerprint
+from payouts_tasks.routing import PUBLISH_QUEUE
 from tests.faults.stack import items
 
 
@@ -28,8 +29,9 @@ def test_lost_settle_messages_are_re_driven(make_stack):
     stack.start_api()
     stack.start_beat()
     assert stack.post("lost", items("lost", 30)).status_code == 202
-    # The broker loses every message of the batch (a flushed queue, a wiped broker).
-    assert stack.client.delete("celery") == 1
+    # The broker loses every message of the batch (a flushed queue, a wiped broker): with no
+    # worker running, that is its publish message, in the publish queue.
+    assert stack.client.delete(PUBLISH_QUEUE) == 1
     stack.start_worker()
 
     [report] = stack.assert_exactly_once(["lost"], timeout=120)
