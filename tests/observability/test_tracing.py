@@ -14,8 +14,8 @@ import requests
 from payouts_core import tracing
 from payouts_core.trace_sampling import SETTLE_SPANS_PER_TRACE
 from payouts_devstack import Stack
+from payouts_devstack.otlp_receiver import OtlpReceiver
 from tests.conftest import API_KEY, OTHER_KEY, wait_for
-from tests.observability.otlp_receiver import OtlpReceiver
 from tests.webhook_receiver import Receiver
 
 ITEMS = 40  # four times the settle spans one trace records per process

@@ -1,4 +1,5 @@
-"""A real OTLP/HTTP trace receiver on 127.0.0.1: what the services export, decoded from protobuf."""
+"""A real OTLP/HTTP trace receiver on 127.0.0.1 (tests and the tracing bench): what the services
+export, decoded from protobuf."""
 
 from __future__ import annotations
 
