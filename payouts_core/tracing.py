@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from importlib.metadata import entry_points
+from importlib.util import find_spec
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +90,25 @@ def _exporters() -> list:
 def _sampler():
     from opentelemetry.sdk.trace import sampling
 
-    from payouts_core.trace_sampling import SettleBudgetSampler
+    from payouts_core.trace_sampling import DropStrayClientSpans
 
     # The sampler OTEL_TRACES_SAMPLER / _ARG choose (default parentbased_always_on), wrapped.
-    return SettleBudgetSampler(sampling._get_from_env_or_default())
+    return DropStrayClientSpans(sampling._get_from_env_or_default())
 
 
 def _instrument_clients() -> None:
-    """Redis, the webhooks' urllib3 and the PSP adapter's HTTP client (requests or httpx: an
-    instrumentation whose library is not installed skips itself)."""
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    """Redis, the webhooks' urllib3 and the PSP adapter's HTTP client (requests, or httpx where
+    it is installed)."""
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
-    for instrumentor in (RedisInstrumentor, URLLib3Instrumentor, RequestsInstrumentor,
-                         HTTPXClientInstrumentor):
+    instrumentors = [RedisInstrumentor, URLLib3Instrumentor, RequestsInstrumentor]
+    if find_spec("httpx") is not None:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        instrumentors.append(HTTPXClientInstrumentor)
+    for instrumentor in instrumentors:
         instrumentor().instrument()
 
 

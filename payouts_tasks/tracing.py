@@ -1,26 +1,20 @@
 """Celery's part of the batch trace (payouts_core/tracing.py says how tracing is switched on).
 
-The Celery instrumentation puts each task message's trace context in its headers. The chord's
-callback is published by whichever settle task finishes last, inside that settle's span; most
-settle spans are unrecorded (trace_sampling.py), so the aggregate would hang from an unrecorded
-parent and be dropped with it. A message published from an unrecorded span is therefore
-parented on the running task's own (recorded) parent: aggregate, webhooks and settle retries
-stay in the batch's trace, attached to spans that were exported.
-
-Inside an unrecorded task span, instrumentation is suppressed: its Redis and HTTP calls would
-only make unrecorded spans, at ~20 us each (7 per settle task), measured as most of tracing's
-cost per item (docs/BENCHMARKS.md). The trace id stays current, so log lines keep it.
+The Celery instrumentation puts each task message's trace context in its headers, so the
+publish task, the chord's settle runs, the aggregate (published by the last settle) and the
+webhook deliveries all belong to the POST's trace. A settle run gets a span of its own only
+while its trace's budget in this process lasts (the first 10, trace_sampling.SettleBudget);
+past it, the run keeps its parent's context current (log lines carry the trace id, the
+aggregate it may publish hangs from a recorded span) and instrumentation is suppressed inside
+it: a span per run plus its ~7 Redis calls cost ~0.2 ms of CPU per item (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-from celery import current_task
-from celery.signals import before_task_publish, task_postrun, task_prerun
-
 from payouts_core import tracing
 
+SETTLE_TASK = "payouts.settle"
 _instrumented = False
-_suppressed: dict[str, object] = {}  # task id -> the suppress_instrumentation() block it entered
 
 
 def instrument_celery(service_name: str) -> bool:
@@ -29,45 +23,44 @@ def instrument_celery(service_name: str) -> bool:
     if not tracing.setup(service_name):
         return False
     if not _instrumented:
-        from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
-        # Receivers run in the order they were connected: the suppression is entered after the
-        # instrumentation's prerun made the task's span current, and left before its postrun
-        # ends it (contexts are detached in the reverse order they were attached).
-        task_postrun.connect(_end_suppression, weak=False)
-        CeleryInstrumentor().instrument()
-        task_prerun.connect(_suppress_if_unrecorded, weak=False)
-        # After the instrumentation's own receiver, so it runs after its inject().
-        before_task_publish.connect(_publish_under_recorded_parent, weak=False)
+        _batch_instrumentor()().instrument()
         _instrumented = True
     return True
 
 
-def _publish_under_recorded_parent(headers=None, **_kwargs) -> None:
-    from opentelemetry import propagate, trace
-    from opentelemetry.instrumentation.celery import celery_getter
-
-    if not headers or trace.get_current_span().get_span_context().trace_flags.sampled:
-        return
-    request = current_task.request if current_task else None
-    if request is None:
-        return
-    parent = propagate.extract(request, getter=celery_getter)
-    if trace.get_current_span(parent).get_span_context().trace_flags.sampled:
-        propagate.inject(headers, context=parent)
-
-
-def _suppress_if_unrecorded(task_id=None, **_kwargs) -> None:
-    from opentelemetry import trace
+def _batch_instrumentor():
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor, celery_getter
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-    if task_id and not trace.get_current_span().is_recording():
-        block = suppress_instrumentation()
-        block.__enter__()
-        _suppressed[task_id] = block
+    from payouts_core.trace_sampling import SettleBudget
 
+    class BatchCeleryInstrumentor(CeleryInstrumentor):
+        """CeleryInstrumentor, with settle runs past their trace's budget left without a span."""
 
-def _end_suppression(task_id=None, **_kwargs) -> None:
-    block = _suppressed.pop(task_id, None)
-    if block is not None:
-        block.__exit__(None, None, None)
+        budget = SettleBudget()
+        unrecorded: dict[str, tuple[object, object]] = {}  # task id -> (context token, suppression)
+
+        def _trace_prerun(self, *args, **kwargs):
+            task, task_id = kwargs.get("task"), kwargs.get("task_id")
+            if task is not None and task_id and task.name == SETTLE_TASK:
+                parent = propagate.extract(task.request, getter=celery_getter)
+                span_context = trace.get_current_span(parent).get_span_context()
+                if span_context.trace_flags.sampled and not self.budget.take(span_context.trace_id):
+                    token = context.attach(parent)
+                    quiet = suppress_instrumentation()
+                    quiet.__enter__()
+                    self.unrecorded[task_id] = (token, quiet)
+                    return
+            super()._trace_prerun(*args, **kwargs)
+
+        def _trace_postrun(self, *args, **kwargs):
+            skipped = self.unrecorded.pop(kwargs.get("task_id"), None)
+            if skipped is None:
+                super()._trace_postrun(*args, **kwargs)
+                return
+            token, quiet = skipped
+            quiet.__exit__(None, None, None)
+            context.detach(token)
+
+    return BatchCeleryInstrumentor
