@@ -19,7 +19,7 @@ from payouts_core.ledger.schema import SchemaOutdated, check_schema_at_start
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
 from payouts_tasks.routing import ClientQueues, consume_clients_from_start
-from payouts_tasks.tracing import instrument_celery
+from payouts_tasks.tracing import instrument_celery, quiet_outside_tasks
 
 
 class PayoutsTask(Task):
@@ -100,7 +100,8 @@ def _refuse_outdated_ledger(**_kwargs) -> None:
 @worker_init.connect
 def _tracing(**_kwargs) -> None:
     """OpenTelemetry when OTEL_TRACES_EXPORTER names an exporter (payouts_core/tracing.py)."""
-    instrument_celery("payouts-worker")
+    if instrument_celery("payouts-worker"):
+        quiet_outside_tasks()
 
 
 @worker_shutdown.connect

@@ -28,6 +28,16 @@ def instrument_celery(service_name: str) -> bool:
     return True
 
 
+def quiet_outside_tasks() -> None:
+    """In a worker's main greenlet (the consumer: fetching, acking, the chord counter's polling),
+    Redis calls belong to no task's trace, so their spans would be dropped anyway; suppressed,
+    they cost nothing. Task greenlets start with a context of their own, not this one."""
+    if _instrumented:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        suppress_instrumentation().__enter__()  # for the life of the process: never left
+
+
 def _batch_instrumentor():
     from opentelemetry import context, propagate, trace
     from opentelemetry.instrumentation.celery import CeleryInstrumentor, celery_getter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.observability.prometheus import OBSERVABILITY, binary
+from payouts_devstack.prometheus import OBSERVABILITY, binary
 
 
 def _promtool(*args: str, cwd=OBSERVABILITY) -> str:

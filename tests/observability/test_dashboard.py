@@ -15,8 +15,8 @@ import yaml
 
 from observability import dashboard
 from payouts_devstack import Stack, free_port
+from payouts_devstack.prometheus import OBSERVABILITY, Prometheus
 from tests.conftest import API_KEY, OTHER_KEY, wait_for
-from tests.observability.prometheus import OBSERVABILITY, Prometheus
 from tests.webhook_receiver import Receiver
 
 ITEMS = 300

@@ -89,7 +89,8 @@ def test_one_trace_per_batch_from_the_post_to_the_webhook(traced):
     assert by_name["run/payouts.aggregate"][0].service == "payouts-worker"
     # The webhook's HTTP call and Redis commands are spans of the same trace.
     assert any(s.name == "POST" for s in spans), sorted(by_name)
-    assert any(s.name in ("EVALSHA", "HGETALL", "HSET") for s in spans), sorted(by_name)
+    redis_calls = {s.parent_id for s in spans if s.name in ("EVALSHA", "HGETALL", "HSET", "HMGET")}
+    assert redis_calls & {s.span_id for s in by_name["run/payouts.settle"]}, sorted(by_name)
     # Not one settle span per item: a budget per trace (one worker process here).
     assert 1 <= len(by_name["run/payouts.settle"]) <= SETTLE_SPANS_PER_TRACE < ITEMS
     # Every span's parent was exported too: the aggregate (published by an unrecorded settle)

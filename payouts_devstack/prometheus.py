@@ -1,4 +1,5 @@
-"""A real Prometheus (Debian's `prometheus` package) for tests: own port, own data directory."""
+"""A real Prometheus (Debian's `prometheus` package) for tests and the bench: its own port and
+data directory, scraping given targets every second with the repository's alert rules."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import requests
 import yaml
 
-from payouts_devstack import Process, free_port
+from payouts_devstack.process import Process
+from payouts_devstack.redis_server import free_port
 
-OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
+OBSERVABILITY = Path(__file__).resolve().parents[1] / "observability"
 
 
 def binary(name: str) -> str:
@@ -64,6 +66,9 @@ class Prometheus:
         except requests.RequestException:
             return False
         return bool(targets) and all(t["health"] == "up" for t in targets)
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
 
     def query_range(self, expr: str, start: float, end: float) -> list[dict]:
         return self.api("query_range", query=expr, start=start, end=end, step="1s")["result"]
