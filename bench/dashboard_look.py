@@ -1,7 +1,7 @@
 """`python -m bench.dashboard_look [--items N]`: the dashboard's numbers during a real batch.
 
 Starts the service as deployed (the API, a `payouts-worker` with one process per core, each
-serving its metrics, the archiver when a ledger is configured) and a real Prometheus (Debian's
+serving its metrics, the archiver on a PostgreSQL of its own) and a real Prometheus (Debian's
 package) scraping them every second with the alert rules, runs a seed-profile batch
 (0.5-2 s latency, 15 % permanent + 5 % transient failures), and prints what each dashboard panel
 showed over the run: the largest value of each series, read through the panel's own query.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 import uuid
 
@@ -37,14 +36,14 @@ def main() -> None:
            "PAYOUTS_WORKER_METRICS_PORT": str(worker_port), "WORKER_PROCESSES": str(processes)}
     try:
         stack.start_redis()
+        stack.start_postgres()
         stack.start_api(env=env)
         stack.start_worker(env=env, processes=processes)
         targets = {"payouts-api": ([stack.api_url.removeprefix("http://")], stack.api_key),
                    "payouts-worker": ([f"127.0.0.1:{worker_port + i}" for i in range(processes)], None)}
-        if os.environ.get("DATABASE_URL"):
-            archiver_port = free_port()
-            stack.start_archiver(env={"PAYOUTS_ARCHIVER_METRICS_PORT": str(archiver_port)})
-            targets["payouts-archiver"] = ([f"127.0.0.1:{archiver_port}"], None)
+        archiver_port = free_port()
+        stack.start_archiver(env={"PAYOUTS_ARCHIVER_METRICS_PORT": str(archiver_port)})
+        targets["payouts-archiver"] = ([f"127.0.0.1:{archiver_port}"], None)
         with Prometheus(stack.workdir / "prometheus", targets) as prometheus:
             prometheus.wait(prometheus.targets_up, 60, "every exporter scraped")
             time.sleep(3)

@@ -68,11 +68,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round of 200 items per profile")
     parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated subset of: "
                         + ", ".join(PROFILES))
+    parser.add_argument("--without-redis-spans", action="store_true",
+                        help="a third mode: on, with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=redis")
     args = parser.parse_args()
     profiles = {name: PROFILES[name] for name in args.profiles.split(",")}
     receiver = OtlpReceiver()
-    modes = {"off": {}, "on": {"OTEL_TRACES_EXPORTER": "otlp",
-                               "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}}
+    on = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    modes = {"off": {}, "on": on}
+    if args.without_redis_spans:
+        modes["on-noredis"] = {**on, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis"}
     processes = default_worker_processes()
     rates: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -92,22 +96,24 @@ def main() -> None:
                     rate, ms = run_batch(stack, store, items)
                     rates.setdefault((profile, mode), []).append(rate)
                     cpu.setdefault((profile, mode), []).append(ms)
-                    print(f"{profile:13} tracing {mode:3}: {rate:7.1f} items/s, worker CPU "
+                    print(f"{profile:13} tracing {mode:10}: {rate:7.1f} items/s, worker CPU "
                           f"{ms:.2f} ms/item", flush=True)
     finally:
         stack.close()
         receiver.stop()
     print(f"\n{processes} worker processes, {len(receiver.spans)} spans received while on\n")
-    print("| profile | items | items/s off (median; runs) | on | on / off "
-          "| worker CPU ms/item off | on | on / off |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = [f"{m}" + (f" | {m} / off" if m != "off" else "") for m in modes]
+    print("| profile | items | items/s " + " | ".join(columns) + " | worker CPU ms/item "
+          + " | ".join(columns) + " |")
+    print("|---" * (2 + 2 * (2 * len(modes) - 1)) + "|")
     for profile, (items, _) in profiles.items():
         row = [profile, f"{200 if args.quick else items:,}"]
         for values, digits in ((rates, 0), (cpu, 2)):
-            off, on = (statistics.median(values[(profile, m)]) for m in ("off", "on"))
-            runs = {m: ", ".join(f"{r:.{digits}f}" for r in values[(profile, m)]) for m in ("off", "on")}
-            row += [f"{off:,.{digits}f} ({runs['off']})", f"{on:,.{digits}f} ({runs['on']})",
-                    f"{on / off:.2f}"]
+            off = statistics.median(values[(profile, "off")])
+            for mode in modes:
+                median = statistics.median(values[(profile, mode)])
+                runs = ", ".join(f"{r:.{digits}f}" for r in values[(profile, mode)])
+                row += [f"{median:,.{digits}f} ({runs})"] + ([f"{median / off:.2f}"] if mode != "off" else [])
         print("| " + " | ".join(row) + " |")
 
 

@@ -12,7 +12,7 @@ from payouts_tasks.tracing import instrument_celery
 
 def init_tracing(app: Flask) -> None:
     """Instrument this app when OTEL_* switch tracing on (payouts_core/tracing.py); else nothing."""
-    if not instrument_celery("payouts-api"):
+    if not instrument_celery("payouts-api") or tracing.disabled("flask"):
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 

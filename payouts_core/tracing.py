@@ -103,13 +103,22 @@ def _instrument_clients() -> None:
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
-    instrumentors = [RedisInstrumentor, URLLib3Instrumentor, RequestsInstrumentor]
+    instrumentors = {"redis": RedisInstrumentor, "urllib3": URLLib3Instrumentor,
+                     "requests": RequestsInstrumentor}
     if find_spec("httpx") is not None:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-        instrumentors.append(HTTPXClientInstrumentor)
-    for instrumentor in instrumentors:
-        instrumentor().instrument()
+        instrumentors["httpx"] = HTTPXClientInstrumentor
+    for name, instrumentor in instrumentors.items():
+        if not disabled(name):
+            instrumentor().instrument()
+
+
+def disabled(instrumentation: str) -> bool:
+    """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS (the auto-instrumentation's variable, comma-separated:
+    redis, urllib3, requests, httpx, flask, celery) names it."""
+    names = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return instrumentation in {n.strip().lower() for n in names.split(",")}
 
 
 def _add_trace_ids_to_logs() -> None:
