@@ -65,7 +65,8 @@ class Prometheus:
             targets = self.api("targets")["activeTargets"]
         except requests.RequestException:
             return False
-        return bool(targets) and all(t["health"] == "up" for t in targets)
+        self.down = [(t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
+        return bool(targets) and not self.down
 
     def query(self, expr: str) -> list[dict]:
         return self.api("query", query=expr)["result"]
@@ -83,4 +84,5 @@ class Prometheus:
             if result := check():
                 return result
             time.sleep(0.2)
-        raise AssertionError(f"{what} not within {timeout} s (log: {self.workdir / 'prometheus.log'})")
+        raise AssertionError(f"{what} not within {timeout} s (down: {getattr(self, 'down', '?')}; "
+                             f"log: {self.workdir / 'prometheus.log'})")
