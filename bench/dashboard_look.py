@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 import time
 import uuid
 
@@ -24,13 +25,26 @@ from payouts_devstack import free_port
 from payouts_devstack.prometheus import Prometheus
 
 
+def free_port_run(count: int) -> int:
+    """A port with the `count` - 1 after it free too (worker process i serves on port + i - 1)."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dashboard_look",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=2000)
     args = parser.parse_args()
     processes = default_worker_processes()
-    worker_port = free_port()
+    worker_port = free_port_run(processes)
     stack = BenchStack(concurrency=1000, worker_processes=processes)
     env = {"PIX_SIM_LATENCY_MS": "500-2000", "PIX_SIM_SEED": "bench", **SEED_FAILURES,
            "PAYOUTS_WORKER_METRICS_PORT": str(worker_port), "WORKER_PROCESSES": str(processes)}
