@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import secrets
 import socket
 import time
 import uuid
@@ -46,14 +47,16 @@ def main() -> None:
     processes = default_worker_processes()
     worker_port = free_port_run(processes)
     stack = BenchStack(concurrency=1000, worker_processes=processes)
-    env = {"PIX_SIM_LATENCY_MS": "500-2000", "PIX_SIM_SEED": "bench", **SEED_FAILURES,
-           "PAYOUTS_WORKER_METRICS_PORT": str(worker_port), "WORKER_PROCESSES": str(processes)}
+    token = secrets.token_urlsafe(24)
+    env = {"PAYOUTS_METRICS_TOKEN": token, "PIX_SIM_LATENCY_MS": "500-2000", "PIX_SIM_SEED": "bench",
+           **SEED_FAILURES, "PAYOUTS_WORKER_METRICS_PORT": str(worker_port),
+           "WORKER_PROCESSES": str(processes)}
     try:
         stack.start_redis()
         stack.start_postgres()
         stack.start_api(env=env)
         stack.start_worker(env=env, processes=processes)
-        targets = {"payouts-api": ([stack.api_url.removeprefix("http://")], stack.api_key),
+        targets = {"payouts-api": ([stack.api_url.removeprefix("http://")], token),
                    "payouts-worker": ([f"127.0.0.1:{worker_port + i}" for i in range(processes)], None)}
         archiver_port = free_port()
         stack.start_archiver(env={"PAYOUTS_ARCHIVER_METRICS_PORT": str(archiver_port)})

@@ -16,7 +16,7 @@ import yaml
 from observability import dashboard
 from payouts_devstack import Stack, free_port
 from payouts_devstack.prometheus import OBSERVABILITY, Prometheus
-from tests.conftest import API_KEY, OTHER_KEY, wait_for
+from tests.conftest import API_KEY, METRICS_TOKEN, OTHER_KEY, wait_for
 from tests.webhook_receiver import Receiver
 
 ITEMS = 300
@@ -48,19 +48,22 @@ def test_the_dashboard_file_is_what_the_generator_writes():
 
 
 def test_every_panel_and_alert_meets_real_metrics(tmp_path, uid):
-    worker_port, archiver_port = free_port(), free_port()
+    worker_port, webhooks_port, archiver_port = free_port(), free_port(), free_port()
     env = {**os.environ, **ENV, "PAYOUTS_WORKER_METRICS_PORT": str(worker_port)}
     hooks = Receiver().start()
     with Stack(tmp_path / "stack", env) as stack:
         stack.start_redis()
         stack.start_api()
         stack.start_worker(concurrency=50)
+        stack.start_webhook_worker(env={"PAYOUTS_WORKER_METRICS_PORT": str(webhooks_port)})
         stack.start_archiver(env={"PAYOUTS_ARCHIVER_METRICS_PORT": str(archiver_port)})
         api = stack.api_url
         requests.post(f"{api}/api/webhooks", headers=_auth(API_KEY), timeout=10,
                       json={"url": hooks.url}).raise_for_status()
-        jobs = {"payouts-api": ([api.removeprefix("http://")], API_KEY),
+        # /metrics answers the operator's token only (the compose config reads it from a secret).
+        jobs = {"payouts-api": ([api.removeprefix("http://")], METRICS_TOKEN),
                 "payouts-worker": ([f"127.0.0.1:{worker_port}"], None),
+                "payouts-webhooks": ([f"127.0.0.1:{webhooks_port}"], None),
                 "payouts-archiver": ([f"127.0.0.1:{archiver_port}"], None)}
         with Prometheus(tmp_path / "prometheus", jobs) as prometheus:
             prometheus.wait(prometheus.targets_up, 60, "every exporter scraped")
