@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv redis-binary postgres-binary
+.PHONY: run test lint bench clean venv redis-binary postgres-binary prometheus-binary
 
 venv: $(STAMP)
 
@@ -26,10 +26,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
+# The observability tests run promtool and a real Prometheus: Debian's `prometheus` package.
+# Installed when missing (as root); if that fails, `make test` stops here rather than skip them.
+prometheus-binary:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+
 run: redis-binary postgres-binary
 	$(BIN)/python scripts/run.py
 
-test: redis-binary postgres-binary
+test: redis-binary postgres-binary prometheus-binary
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest

@@ -15,6 +15,7 @@ from payouts_api.payouts import bp as payouts_bp
 from payouts_api.problems import register_error_handlers
 from payouts_api.reports import bp as reports_bp
 from payouts_api.request_context import init_request_context
+from payouts_api.tracing import init_tracing
 from payouts_api.webhooks import bp as webhooks_bp
 from payouts_core.ledger.schema import check_schema_at_start
 from payouts_core.logs import configure_logging
@@ -52,6 +53,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     if not check_schema_at_start(settings.ledger.database_url):  # SchemaOutdated: refuse to start
         app.logger.warning("the ledger (DATABASE_URL) cannot be reached: starting anyway, its "
                            "schema is checked by the archiver")
+    init_tracing(app)  # only when OTEL_TRACES_EXPORTER names an exporter
 
     app.extensions["payouts_store"] = PayoutStore.from_url(
         settings.store_url, socket_timeout=5, socket_connect_timeout=2)

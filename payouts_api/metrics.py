@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from payouts_api.auth import is_operator
 from payouts_api.problems import Problem
 from payouts_core.ledger.backlog import outbox_backlog
+from payouts_core.ops_gauges import OperationsCollector
 from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
 from payouts_tasks.routing import WEBHOOK_QUEUE, known_clients, settle_queue
@@ -163,5 +164,6 @@ def metrics():
     registry.register(SettlementCollector(current_app.extensions["payouts_store"]))
     registry.register(LedgerBacklogCollector(current_app.extensions["payouts_store"],
                                              current_app.config["SETTINGS"].ledger.outbox_max))
+    registry.register(OperationsCollector(current_app.extensions["payouts_store"].client))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -7,6 +7,7 @@ import logging
 from payouts_core.report import summary_line
 from payouts_core.resources import get_store
 from payouts_core.store import BatchRef
+from payouts_tasks import timing
 from payouts_tasks.celery_app import app
 from payouts_tasks.webhooks import emit_batch_completed
 
@@ -24,5 +25,6 @@ def aggregate(self, client: str, batch_id: str) -> dict:
         emit_batch_completed(ref)
     summary = store.summary(ref) or {}
     if summary:
+        timing.batch_completed(ref, summary)
         log.info("batch completed: %s", summary_line(summary), extra=summary)
     return summary

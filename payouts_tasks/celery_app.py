@@ -5,12 +5,21 @@ import math
 import sys
 
 from celery import Celery, Task
-from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_init
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_shutdown,
+)
 
+from payouts_core import tracing
 from payouts_core.ledger.schema import SchemaOutdated, check_schema_at_start
 from payouts_core.logs import configure_logging, task_context_var
 from payouts_core.settings import get_settings
 from payouts_tasks.routing import ClientQueues, consume_clients_from_start
+from payouts_tasks.tracing import instrument_celery, quiet_outside_tasks
 
 
 class PayoutsTask(Task):
@@ -86,3 +95,15 @@ def _refuse_outdated_ledger(**_kwargs) -> None:
     except SchemaOutdated as exc:
         print(f"worker refused to start: {exc}", file=sys.stderr, flush=True)
         sys.exit(SCHEMA_OUTDATED_EXIT)
+
+
+@worker_init.connect
+def _tracing(**_kwargs) -> None:
+    """OpenTelemetry when OTEL_TRACES_EXPORTER names an exporter (payouts_core/tracing.py)."""
+    if instrument_celery("payouts-worker"):
+        quiet_outside_tasks()
+
+
+@worker_shutdown.connect
+def _flush_spans(**_kwargs) -> None:
+    tracing.shutdown()

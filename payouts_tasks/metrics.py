@@ -12,6 +12,7 @@ from celery.signals import worker_ready
 from prometheus_client import Counter, Histogram, start_http_server
 
 from payouts_core.settings import get_settings
+from payouts_tasks.timing import SPI_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,11 @@ SWEEP_ERRORS = Counter("payouts_sweep_errors_total",
 PROVIDER_SECONDS = Histogram("payouts_provider_call_seconds",
                              "PIX provider call latency by result (settled, rejected, transient).",
                              ["result"],
-                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 40, 60))
+                             buckets=SPI_BUCKETS)
+for _label in ("settled", "rejected", "transient"):  # exist at zero, so the first call shows in rates
+    PROVIDER_SECONDS.labels(_label)
+for _label in ("paid", "failed", "duplicate"):
+    SETTLE_OUTCOMES.labels(_label)
 
 
 @worker_ready.connect

@@ -22,6 +22,7 @@ from payouts_core.rules import GAVE_UP_WAITING, NO_OUTCOME, Action, Verdict, ide
 from payouts_core.settings import get_settings
 from payouts_core.store import BatchRef
 from payouts_core.timing_rules import OPENING_POLL_S
+from payouts_tasks import timing
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES
@@ -118,6 +119,8 @@ def _ms_since(started: float) -> float:
 
 def _done(outcome: str, context: dict, started: float, level: int = logging.INFO) -> str:
     SETTLE_OUTCOMES.labels(outcome).inc()
+    timing.settled(BatchRef(context["client"], context["batch_id"]), outcome,
+                   context.get("failure_code"), time.monotonic() - started)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     log.log(level, "settle outcome", extra={**context, "outcome": outcome, "duration_ms": duration_ms})
     return outcome
@@ -145,6 +148,7 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
     if verdict == Verdict.PAID:
         outcome = store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation, found)
     elif verdict == Verdict.FAILED and transfer is not None:  # rejected: the provider's reason
+        context["failure_code"] = transfer.failure_code or code
         outcome = store.record_failed(ref, index, transfer.failure_code or code,
                                       transfer.failure_reason or reason, found)
     elif verdict == Verdict.FAILED:
@@ -154,6 +158,7 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
         store.note_event(ref, index, "lookup", decision.attempts, code,
                          {**found, "verdict": "unknown", "since_call_s": round(since_call_s, 1)})
         SETTLE_RETRIES.labels("unknown").inc()
+        timing.UNKNOWN.labels(str(since_call_s > provider.final_deadline_s).lower()).inc()
         log.warning("settle outcome unknown; asking the provider again",
                     extra={**context, "outcome": "unknown"})
         raise task.retry(countdown=get_settings().timing.unknown_countdown_s(
@@ -188,7 +193,8 @@ def _wait(task, ref: BatchRef, context: dict, waiting_since: float | None, reaso
         outcome = get_store().record_failed(
             ref, context["index"], GAVE_UP_WAITING,
             f"waited {int(now - waiting_since)} s for {reason}; nothing was paid")
-        return _done(outcome, {**context, "waited_for": reason}, time.monotonic(), level=logging.WARNING)
+        return _done(outcome, {**context, "waited_for": reason, "failure_code": GAVE_UP_WAITING},
+                     time.monotonic(), level=logging.WARNING)
     SETTLE_RETRIES.labels("waiting").inc()
     countdown = settings.timing.waiting_countdown_s(task.request.retries)
     raise task.retry(kwargs={"waiting_since": waiting_since}, countdown=countdown)

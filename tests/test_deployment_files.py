@@ -32,10 +32,11 @@ BIN = Path(sys.executable).parent
 # ${NAME}, ${NAME:-default} (group 2: the default) or ${NAME:?message} (required: group 3).
 VAR_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*)|:?\?([^}]*))?\}")
 # Variables only docker-compose.yml reads (not the code, not the Procfile).
-COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "PUBLISH_ADDR"}
-# The images' own variables (read by redis-server, redis-cli, rabbitmq-server and postgres, not
-# the code).
-IMAGE_SERVICES = ("redis", "rabbitmq", "postgres")
+COMPOSE_ONLY = {"REDIS_PASSWORD", "RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "PUBLISH_ADDR",
+                "GRAFANA_ADMIN_PASSWORD"}
+# The images' own variables (read by redis-server, redis-cli, rabbitmq-server, postgres and
+# grafana, not the code).
+IMAGE_SERVICES = ("redis", "rabbitmq", "postgres", "prometheus", "grafana", "jaeger")
 SECRET_NAME = re.compile(r"PASSWORD|BASIC_AUTH|SECRET|API_KEYS?$")
 DOTENV_LINE = re.compile(r"^#?\s*([A-Z_][A-Z0-9_]*)=", re.MULTILINE)
 
@@ -496,7 +497,7 @@ def test_procfile_flower_reads_its_login_from_a_file(tmp_path):
     assert missing.returncode != 0
 
 
-@pytest.mark.parametrize("service", ["api", "flower"])
+@pytest.mark.parametrize("service", ["api", "flower", "prometheus", "grafana", "jaeger"])
 def test_compose_publishes_on_loopback_by_default(service):
     ports = compose()["services"][service]["ports"]
     assert ports
@@ -507,7 +508,8 @@ def test_compose_publishes_on_loopback_by_default(service):
 
 def test_compose_publishes_no_other_service():
     services = compose()["services"]
-    assert {name for name, spec in services.items() if "ports" in spec} == {"api", "flower"}
+    assert {name for name, spec in services.items() if "ports" in spec} == {
+        "api", "flower", "prometheus", "grafana", "jaeger"}
 
 
 def test_compose_redis_requires_a_password_it_never_puts_in_argv():
