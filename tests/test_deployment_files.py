@@ -548,6 +548,7 @@ def test_compose_redis_command_runs_with_the_password_from_stdin(tmp_path):
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, retry=Retry(NoBackoff(), 0)).ping()
         assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("hash-max-listpack-entries") == {"hash-max-listpack-entries": "4096"}
         assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     finally:
         proc.terminate()
