@@ -140,6 +140,39 @@ def archiver(tmp_path_factory):
         yield stack.start_archiver()
 
 
+@pytest.fixture(scope="module")
+def own_redis_url(tmp_path_factory) -> str:
+    """A Redis of the module's own (its outbox holds only that module's events)."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("own-redis"), appendonly=False)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+def own_redis(own_redis_url):
+    client = redis.Redis.from_url(own_redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def ledger_db(ledger_url) -> str:
+    """A ledger database of the module's own on the session's PostgreSQL, migrated, dropped after."""
+    import psycopg
+
+    from payouts_core.ledger.schema import upgrade
+
+    name = f"ledger_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ledger_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ledger_url.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    yield url
+    with psycopg.connect(ledger_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 def ledger_rows(sql: str, *params) -> list[tuple]:
     """Rows of the session's ledger database."""
     import psycopg

@@ -15,25 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from payouts_core.ledger.schema import SchemaOutdated
 from payouts_core.settings import get_settings
 from payouts_core.store import OUTBOX
-from payouts_devstack import free_port, start_redis
+from payouts_devstack import free_port
 from tests.api.test_bad_input import assert_problem
 from tests.conftest import METRICS_TOKEN, OTHER_KEY, wait_for_report
-
-
-@pytest.fixture(scope="module")
-def own_redis_url(tmp_path_factory):
-    """A Redis of this module's own: its outbox holds only these tests' events (no archiver)."""
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("ledger-ops-redis"), appendonly=False)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.stop(grace=5)
-
-
-@pytest.fixture
-def own_redis(own_redis_url):
-    client = redis.Redis.from_url(own_redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

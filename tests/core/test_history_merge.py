@@ -4,40 +4,12 @@ archived by passes the test chooses, so the ledger can be made to lag Redis on p
 from __future__ import annotations
 
 import time
-import uuid
 
-import psycopg
 import pytest
 
 from payouts_core.ledger.archiver import Archiver
 from payouts_core.ledger.reads import LedgerReads, merged_history
-from payouts_core.ledger.schema import upgrade
 from payouts_core.store import BatchRef, Order, PayoutStore, fingerprint
-from payouts_devstack import free_port, start_redis
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    import redis
-
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("merge-redis"), appendonly=False)
-    client = redis.Redis(port=port)
-    yield client
-    client.close()
-    proc.stop(grace=5)
-
-
-@pytest.fixture(scope="module")
-def ledger_db(ledger_url):
-    name = f"merge_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ledger_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

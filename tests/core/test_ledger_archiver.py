@@ -3,43 +3,16 @@ event, archived once, in order per item, whatever is replayed."""
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 
 from payouts_core.ledger.archiver import Archiver
-from payouts_core.ledger.schema import upgrade
 from payouts_core.store import OUTBOX, BatchRef, Order, PayoutStore, batch_keys, fingerprint
-from payouts_devstack import free_port, start_redis
+from payouts_devstack import free_port
 
 MAX_ATTEMPTS = 6
 
 
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    """A Redis of this module's own: its outbox holds only these tests' events."""
-    import redis
-
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("archiver-redis"), appendonly=False)
-    client = redis.Redis(port=port)
-    yield client
-    client.close()
-    proc.stop(grace=5)
-
-
-@pytest.fixture(scope="module")
-def ledger_db(ledger_url):
-    """A database of this module's own on the session's PostgreSQL, migrated."""
-    name = f"archiver_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ledger_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

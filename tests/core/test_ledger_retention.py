@@ -4,15 +4,12 @@ external_ids stay paid (or failed, with their generation) forever as archived cl
 from __future__ import annotations
 
 import hashlib
-import uuid
 from urllib.parse import quote
 
-import psycopg
 import pytest
 
 from payouts_core.ledger.archiver import Archiver
 from payouts_core.ledger.retention import ledger_holds, paid_item
-from payouts_core.ledger.schema import upgrade
 from payouts_core.store import (
     ARCHIVED_CLAIMS,
     OUTBOX,
@@ -24,33 +21,10 @@ from payouts_core.store import (
     client_batches_key,
     fingerprint,
 )
-from payouts_devstack import free_port, start_redis
 
 MAX_ATTEMPTS = 6
 
 
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    import redis
-
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("retention-redis"), appendonly=False)
-    client = redis.Redis(port=port)
-    yield client
-    client.close()
-    proc.stop(grace=5)
-
-
-@pytest.fixture(scope="module")
-def ledger_db(ledger_url):
-    name = f"retention_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ledger_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -9,51 +9,22 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from payouts_core.ledger.archiver import Archiver
-from payouts_core.ledger.schema import upgrade
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import LedgerCheck, reconcile
 from payouts_core.store import OUTBOX, BatchRef, PayoutStore
-from payouts_devstack import free_port, start_redis
+from payouts_devstack import free_port
 from tests.core.test_reconcile import settle_directly
 
 CLIENT = "reconcile-tests"
 
 
-@pytest.fixture(scope="module")
-def own_redis_url(tmp_path_factory):
-    """A Redis of this module's own: its outbox holds only these tests' events."""
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("reconcile-redis"), appendonly=False)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.stop(grace=5)
 
-
-@pytest.fixture(scope="module")
-def ledger_db(ledger_url):
-    name = f"reconcile_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ledger_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def own_redis(own_redis_url):
-    import redis
-
-    client = redis.Redis.from_url(own_redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
