@@ -312,6 +312,9 @@ def _isolation(env: Mapping[str, str], visibility: int) -> dict:
         "webhook_ports": _ports("PAYOUTS_WEBHOOK_PORTS", env.get("PAYOUTS_WEBHOOK_PORTS")),
         "webhook_concurrency": _int(env, "PAYOUTS_WEBHOOK_CONCURRENCY", 100, minimum=1),
         "webhook_inflight_per_client": _int(env, "PAYOUTS_WEBHOOK_INFLIGHT_PER_CLIENT", 20, minimum=1),
+        # Below the archiver's (9807) and the settlement workers' (9808 + i - 1): one machine
+        # runs all of them (`make run`) without one taking another's port.
+        "webhook_metrics_port": _int(env, "PAYOUTS_WEBHOOK_METRICS_PORT", 9806),
     }
 
 
@@ -375,6 +378,7 @@ class Settings:
     webhook_ports: tuple[int, ...] | None = ()
     webhook_concurrency: int = 100
     webhook_inflight_per_client: int = 20
+    webhook_metrics_port: int = 9806
 
     @property
     def timing(self) -> Timing:

@@ -204,6 +204,12 @@ def child_env(env: dict[str, str], settings: Settings, index: int) -> dict[str, 
     return env
 
 
+def webhook_worker_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The webhook worker serves its metrics on PAYOUTS_WEBHOOK_METRICS_PORT, not on the first
+    settlement worker's port: on one machine, as `make run` starts them, none takes another's."""
+    return {**env, "PAYOUTS_WORKER_METRICS_PORT": str(settings.webhook_metrics_port)}
+
+
 def role(args: list[str], settings: Settings) -> tuple[list[str], int]:
     """(celery worker arguments, processes) for the Procfile's two worker lines.
 
@@ -228,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"payouts-worker: {exc}", file=sys.stderr)
         return 2
     command = celery_command()
+    webhooks = WEBHOOKS_FLAG in args
     args, processes = role(args, settings)
     if processes == 1:
-        os.execvp(command[0], [*command, *args])  # no parent left: the worker is this process
+        env = webhook_worker_env(dict(os.environ), settings) if webhooks else os.environ
+        os.execvpe(command[0], [*command, *args], env)  # no parent left: the worker is this process
     configure_logging(settings.log_level, settings.log_format)
     rest, hostname = split_hostname(args)
     # Expanded here as Celery would (%h, %n, %d), so the launcher's log names the nodes Flower shows.

@@ -55,7 +55,7 @@ def test_every_panel_and_alert_meets_real_metrics(tmp_path, uid):
         stack.start_redis()
         stack.start_api()
         stack.start_worker(concurrency=50)
-        stack.start_webhook_worker(env={"PAYOUTS_WORKER_METRICS_PORT": str(webhooks_port)})
+        stack.start_webhook_worker(env={"PAYOUTS_WEBHOOK_METRICS_PORT": str(webhooks_port)})
         stack.start_archiver(env={"PAYOUTS_ARCHIVER_METRICS_PORT": str(archiver_port)})
         api = stack.api_url
         requests.post(f"{api}/api/webhooks", headers=_auth(API_KEY), timeout=10,

@@ -178,3 +178,13 @@ def test_settlement_workers_never_consume_webhooks_and_the_webhook_worker_only_t
     assert role(["--webhooks", "--pool", "gevent"], settings) == (
         ["--pool", "gevent", "--queues", WEBHOOK_QUEUE, "--concurrency", "40"], 1)
     assert role(["-Q", "celery"], settings) == (["-Q", "celery"], 3)  # chosen by hand: as given
+
+
+def test_the_webhook_worker_serves_metrics_beside_the_others_not_on_their_ports():
+    """Settlement processes on 9808, 9809; the archiver on 9807; the webhook worker on 9806."""
+    from payouts_tasks.worker_processes import webhook_worker_env
+
+    settings = Settings.from_env({"WORKER_PROCESSES": "2", "PAYOUTS_WORKER_METRICS_PORT": "9808"})
+    assert webhook_worker_env({"A": "1"}, settings) == {"A": "1", "PAYOUTS_WORKER_METRICS_PORT": "9806"}
+    off = Settings.from_env({"PAYOUTS_WEBHOOK_METRICS_PORT": "0"})
+    assert webhook_worker_env({"A": "1"}, off) == {"A": "1", "PAYOUTS_WORKER_METRICS_PORT": "0"}
