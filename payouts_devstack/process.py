@@ -41,13 +41,14 @@ def _die_with_parent() -> None:
 
 
 def _preexec(then: Callable[[], None] | None) -> Callable[[], None]:
-    """Die with the parent, then `then` (e.g. drop root for PostgreSQL)."""
+    """`then` (e.g. drop root for PostgreSQL), then die with the parent: a change of user
+    clears the parent-death signal, so it is set last."""
     if then is None:
         return _die_with_parent
 
     def both() -> None:
-        _die_with_parent()
         then()
+        _die_with_parent()
     return both
 
 

@@ -99,3 +99,30 @@ def test_stop_kills_what_ignores_sigterm(tmp_path):
         stack.stop([stubborn], grace=0.5)
     assert stubborn.returncode == -signal.SIGKILL
     assert _group_members([stubborn.pid]) == []
+
+
+def test_a_private_postgres_dies_with_a_harness_that_dies_without_cleaning_up(tmp_path):
+    """PostgreSQL runs as another user when we are root; the parent-death signal must survive
+    that change of user, or a killed test run leaves servers behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os; from pathlib import Path\n"
+        "from payouts_devstack.postgres_server import start_postgres\n"
+        "from payouts_devstack import free_port\n"
+        f"p = start_postgres(free_port(), Path({str(tmp_path)!r}) / 'pg')\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n")
+    pid = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("postgres outlived the harness that started it")
