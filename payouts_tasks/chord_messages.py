@@ -116,6 +116,11 @@ def _publishing(app) -> Iterator[Producer]:
             with pooled.batch(max_size=BATCH_SIZE):
                 yield pooled
             return
+        # The pool may hand back a connection closed by a broker restart (its `connection` is
+        # then None, and channel() an AttributeError): reconnect, or raise OperationalError so
+        # the publish task retries (seen: a RabbitMQ restart left a batch opened, unpublished).
+        if not connection.connected:
+            connection.ensure_connection(max_retries=3)
         channel = connection.channel()
         try:
             confirms = PublisherConfirms(channel)
