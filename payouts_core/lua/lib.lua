@@ -18,6 +18,13 @@ local function read_fields(key, names)
 end
 
 -- A claim (model.Claim) by field name; {} when the external_id was never claimed.
+-- The item and its order at `idx`, decoded; nil when either is gone (an orphan).
+local function read_item(batch, idx)
+  local item_raw = redis.call('HGET', batch.items, idx)
+  local order_raw = redis.call('HGET', batch.orders, idx)
+  if not item_raw or not order_raw then return nil end
+  return cjson.decode(item_raw), cjson.decode(order_raw)
+end
 local function read_claim(claim_key)
   return read_fields(claim_key, {'state', 'batch_id', 'index', 'gen', 'terms', 'e2e_id', 'called_ms'})
 end

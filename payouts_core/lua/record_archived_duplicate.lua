@@ -5,12 +5,9 @@
 local arg = cjson.decode(ARGV[1])
 local batch = {key = KEYS[1], items = KEYS[2], orders = KEYS[3]}
 local idx = tostring(arg.index)
-local item_raw = redis.call('HGET', batch.items, idx)
-local order_raw = redis.call('HGET', batch.orders, idx)
-if not item_raw or not order_raw then return 'orphan' end
-local item = cjson.decode(item_raw)
+local item, order = read_item(batch, idx)
+if not item then return 'orphan' end
 if FINAL[item.status] then return item.status end
-local order = cjson.decode(order_raw)
 local archived = archived_claim(order.claim)
 if redis.call('EXISTS', order.claim) == 1 or not archived or archived.state ~= 'paid'
    or not same_terms(archived.tag, order.terms) then

@@ -5,11 +5,8 @@
 local arg = cjson.decode(ARGV[1])
 local batch = {key = KEYS[1], items = KEYS[2], orders = KEYS[3]}
 local idx = tostring(arg.index)
-local item_raw = redis.call('HGET', batch.items, idx)
-local order_raw = redis.call('HGET', batch.orders, idx)
-if not item_raw or not order_raw then return 'orphan' end
-local item = cjson.decode(item_raw)
-local order = cjson.decode(order_raw)
+local item, order = read_item(batch, idx)
+if not item then return 'orphan' end
 if FINAL[item.status] then
   -- A late success under this item's own claim (a concurrent delivery was still paying when
   -- another gave up): money moved, so the item is paid, unless the external_id was claimed
