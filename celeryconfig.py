@@ -6,7 +6,7 @@ Each reliability choice is here for a failure it guards against; docs/RELIABILIT
 from kombu import Exchange, Queue
 
 from payouts_core.settings import get_settings, webhook_time_limit_s
-from payouts_tasks.routing import DEFAULT_QUEUE, PUBLISH_QUEUE
+from payouts_tasks.routing import BATCH_QUEUE, DEFAULT_QUEUE
 
 _settings = get_settings()
 
@@ -80,11 +80,11 @@ else:
     # greenlets busy). A message waits behind at most 3 others of its slot before it runs.
     worker_prefetch_multiplier = 4
 
-# Fair time between clients (SPEC §12, payouts_tasks/routing.py): settle and aggregate wait in
-# their client's own queue, publish messages and webhook deliveries in theirs. Every worker
-# consumes the two static queues below (and, through routing.ClientQueues, every client's); the
-# webhooks queue and the client queues are created where they are used, by Celery's
-# create-missing rules, declared alike on either broker (quorum queue, topic exchange on RabbitMQ).
+# Fair time between clients (SPEC §12, payouts_tasks/routing.py): settle messages wait in their
+# client's own queue, publish and aggregate messages in the batch queue, webhook deliveries in
+# theirs. Every worker consumes the two static queues below (and, through routing.ClientQueues,
+# every client's); the webhooks queue and the client queues are created where they are used, by
+# Celery's create-missing rules, declared alike on either broker (quorum queue, topic exchange on RabbitMQ).
 # Only the webhook worker (`payouts-worker --webhooks`) consumes the webhooks queue: declared by
 # every worker, RabbitMQ's delayed-delivery binding failed on workers that exclude it.
 task_routes = ("payouts_tasks.routing.route_task",)
@@ -93,9 +93,9 @@ if _on_rabbitmq:
     task_create_missing_queue_exchange_type = "topic"
     task_queues = [Queue(name, Exchange(name, type="topic"), routing_key=name,
                          queue_arguments={"x-queue-type": "quorum"})
-                   for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
+                   for name in (DEFAULT_QUEUE, BATCH_QUEUE)]
 else:
-    task_queues = [Queue(name, Exchange(name), routing_key=name) for name in (DEFAULT_QUEUE, PUBLISH_QUEUE)]
+    task_queues = [Queue(name, Exchange(name), routing_key=name) for name in (DEFAULT_QUEUE, BATCH_QUEUE)]
 
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
 broker_pool_limit = max(_settings.worker_concurrency, 10)

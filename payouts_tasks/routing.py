@@ -1,12 +1,14 @@
 """Which queue each task waits in, so that no client's backlog holds up another (SPEC §12).
 
-- `payouts.settle.<client>`: one queue per client for its settle and aggregate messages. A
-  worker consumes every client's queue, and the brokers serve them round-robin: kombu's Redis
-  transport rotates a queue to the end of its BRPOP list once it delivered; RabbitMQ pushes each
-  queue's consumer its own prefetch. So a new batch's items wait behind at most one message of
-  each other busy client, not behind the whole backlog; within a client the queue is FIFO, so its
-  batches keep their order.
-- `payouts.publish`: publish messages, never behind settle messages.
+- `payouts.settle.<client>`: one queue per client for its settle messages. A worker consumes
+  every client's queue, and the brokers serve them round-robin: kombu's Redis transport rotates a
+  queue to the end of its BRPOP list once it delivered; RabbitMQ pushes each queue's consumer its
+  own prefetch. So a new batch's items wait behind at most one message of each other busy client,
+  not behind the whole backlog; within a client the queue is FIFO, so its batches keep their order.
+- `payouts.batches`: the batch-level messages, publish and aggregate (one each a batch), never
+  behind settle messages. The aggregate is sent when a batch's last item reports: in the client's
+  queue it waited behind every item of the client's later batches (measured: five 10,000-item
+  batches all completed together at the end, on both brokers).
 - `payouts.webhooks`: deliveries, consumed only by the webhook worker (`payouts-worker
   --webhooks`), so a slow receiver holds a webhook greenlet, never a settlement one. Like the
   client queues it is declared where it is used (publisher, webhook worker), not by every worker.
@@ -35,11 +37,11 @@ from payouts_core.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "celery"
-PUBLISH_QUEUE = "payouts.publish"
+BATCH_QUEUE = "payouts.batches"
 WEBHOOK_QUEUE = "payouts.webhooks"
 SETTLE_PREFIX = "payouts.settle."
 CLIENTS_KEY = "payouts:settle-clients"
-PER_CLIENT_TASKS = frozenset({"payouts.settle", "payouts.aggregate"})
+BATCH_TASKS = frozenset({"payouts.publish", "payouts.aggregate"})
 # How often a settlement worker looks for a new client's queue: a client's first batch ever
 # starts within this; every later batch at once (its queue is consumed already).
 SYNC_S = 1.0
@@ -56,12 +58,12 @@ def settle_queue(client: str) -> str:
 
 
 def route_task(name, args, kwargs, options, task=None, **_kw):
-    """Celery's task_routes hook (celeryconfig.py): settle and aggregate by their client (the
-    first argument), publish and webhook deliveries to their own queues, the rest by default."""
-    if name in PER_CLIENT_TASKS and args:
+    """Celery's task_routes hook (celeryconfig.py): settle by its client (the first argument),
+    publish and aggregate to the batch queue, webhook deliveries to theirs, the rest by default."""
+    if name == "payouts.settle" and args:
         return {"queue": settle_queue(args[0])}
-    if name == "payouts.publish":
-        return {"queue": PUBLISH_QUEUE}
+    if name in BATCH_TASKS:
+        return {"queue": BATCH_QUEUE}
     if name == "payouts.webhook_deliver":
         return {"queue": WEBHOOK_QUEUE}
     return None
@@ -141,7 +143,7 @@ def consume_clients_from_start(app, options: dict) -> None:
 
 
 class ClientQueues(bootsteps.StartStopStep):
-    """Consumer step of a settlement worker (one that consumes PUBLISH_QUEUE): consume each client
+    """Consumer step of a settlement worker (one that consumes BATCH_QUEUE): consume each client
     registered after the worker started within 1-3 s (its first batch ever waits that long)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -152,7 +154,7 @@ class ClientQueues(bootsteps.StartStopStep):
         self.scheduled: set[str] = set()
 
     def start(self, c) -> None:
-        if PUBLISH_QUEUE not in c.app.amqp.queues.consume_from:
+        if BATCH_QUEUE not in c.app.amqp.queues.consume_from:
             return  # the webhook worker, or one started for other queues only
         # Not now: until the event loop starts, the consumer has no callback, and py-amqp rejects
         # (drops) what a queue added now delivers. The first tick comes after the loop started.

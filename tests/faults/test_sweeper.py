@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from payouts_core.store import Order, fingerprint
-from payouts_tasks.routing import PUBLISH_QUEUE
+from payouts_tasks.routing import BATCH_QUEUE
 from tests.faults.stack import items
 
 
@@ -31,7 +31,7 @@ def test_lost_settle_messages_are_re_driven(make_stack):
     assert stack.post("lost", items("lost", 30)).status_code == 202
     # The broker loses every message of the batch (a flushed queue, a wiped broker): with no
     # worker running, that is its publish message, in the publish queue.
-    assert stack.client.delete(PUBLISH_QUEUE) == 1
+    assert stack.client.delete(BATCH_QUEUE) == 1
     stack.start_worker()
 
     [report] = stack.assert_exactly_once(["lost"], timeout=120)

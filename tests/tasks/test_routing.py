@@ -12,7 +12,7 @@ from payouts_core.resources import store_client
 from payouts_core.settings import get_settings, key_digest
 from payouts_tasks.batches import batch_chord
 from payouts_tasks.routing import (
-    PUBLISH_QUEUE,
+    BATCH_QUEUE,
     WEBHOOK_QUEUE,
     known_clients,
     publishing_turn,
@@ -24,8 +24,8 @@ from payouts_tasks.routing import (
 
 def test_each_task_waits_in_its_queue():
     assert route_task("payouts.settle", ("acme", "b", 0), {}, {}) == {"queue": "payouts.settle.acme"}
-    assert route_task("payouts.aggregate", ("acme", "b"), {}, {}) == {"queue": "payouts.settle.acme"}
-    assert route_task("payouts.publish", ("acme", "b", 3, "l"), {}, {}) == {"queue": PUBLISH_QUEUE}
+    assert route_task("payouts.aggregate", ("acme", "b"), {}, {}) == {"queue": BATCH_QUEUE}
+    assert route_task("payouts.publish", ("acme", "b", 3, "l"), {}, {}) == {"queue": "payouts.batches"}
     assert route_task("payouts.webhook_deliver", ("acme", "msg_1"), {}, {}) == {"queue": WEBHOOK_QUEUE}
     assert route_task("payouts.sweep", (), {}, {}) is None  # the default queue
 
