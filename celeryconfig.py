@@ -32,7 +32,7 @@ task_reject_on_worker_lost = True
 
 # The broker is chosen by CELERY_BROKER_URL's scheme: Redis by default (nothing else to install),
 # RabbitMQ in production (README "Running on RabbitMQ"). Redis stays the result backend either way.
-_on_rabbitmq = _settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+_on_rabbitmq = _settings.broker_is_rabbitmq
 
 if _on_rabbitmq:
     # Quorum queues: replicated across a cluster, and unacked messages of a closed connection (a

@@ -381,6 +381,11 @@ class Settings:
     webhook_metrics_port: int = 9806
 
     @property
+    def broker_is_rabbitmq(self) -> bool:
+        """CELERY_BROKER_URL's scheme chooses the broker: Redis by default, RabbitMQ in production."""
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    @property
     def timing(self) -> Timing:
         """settle's timing rules (payouts_core/timing_rules.py) from these settings."""
         return Timing(self.provider_settlement_timeout_s, self.settle_time_limit_s,

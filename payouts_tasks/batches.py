@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -15,12 +16,13 @@ from celery import chord
 from kombu.exceptions import OperationalError
 
 from payouts_core.resources import get_store
+from payouts_core.settings import get_settings
 from payouts_core.store import BatchRef, ExternalIdReused, Order, PayoutStore
 from payouts_core.value_caps import DailyValue, batch_value, check_batch_value
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.celery_app import app
 from payouts_tasks.chord_messages import publish_chord
-from payouts_tasks.routing import publishing_turn, register_client
+from payouts_tasks.routing import publishing_turn, register_client, turn_wait_max_s
 from payouts_tasks.settle import settle
 
 log = logging.getLogger(__name__)
@@ -55,21 +57,28 @@ def publish(self, client: str, batch_id: str, total: int, lease: str = "") -> st
 
     The API answers 202 once the batch is durably written and this one small message is in the
     broker; publishing 10,000 chord messages took 7.4 s inside the request. The batch is opened
-    first, so items settle as their messages arrive. A redelivery after a crash mid-publish
-    publishes the chord again (settle is idempotent per item); a publish whose lease a replay or
-    the sweeper took over (its message outlived the lease), or that finds the batch published,
-    does nothing: one chord per batch.
+    first (its lease spent: nobody else publishes it), then waits for the client's earlier
+    batches to be published (routing.publishing_turn), then its items settle as their messages
+    arrive. A redelivery after a crash mid-publish publishes the chord again (settle is
+    idempotent per item); a publish whose lease a replay or the sweeper took over (its message
+    outlived the lease), or that finds the batch published, does nothing: one chord per batch.
     """
     store = get_store()
     ref = BatchRef(client, batch_id)
-    with publishing_turn(client):  # the client's batches keep their order (routing.py)
-        if not store.open_batch(ref, lease):
-            return "skipped"
+    if not store.open_batch(ref, lease):
+        return "skipped"
+    asked = time.monotonic()
+    with publishing_turn(client, wait_max_s=turn_wait_max_s(get_settings()),
+                         keep_alive=lambda: store.touch_progress(ref)):
+        turn = time.monotonic()
         try:
             publish_batch(ref, total)
         except OperationalError as exc:  # the broker went away mid-publish: publish again later
             raise self.retry(countdown=1, exc=exc) from exc
         store.mark_published(ref)
+    log.info("batch published", extra={"client": client, "batch_id": batch_id, "items": total,
+                                       "turn_wait_s": round(turn - asked, 3),
+                                       "publish_s": round(time.monotonic() - turn, 3)})
     return "published"
 
 

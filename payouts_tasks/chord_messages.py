@@ -208,4 +208,8 @@ def publish_chord(task, header_args: Sequence[tuple], body: Signature, **options
             if group_index:
                 publish_kwargs.update(after_first)
             producer.publish(message_body, **publish_kwargs)
+            if group_index % BATCH_SIZE == BATCH_SIZE - 1:
+                # Let a gevent worker's other greenlets run (settle tasks, the publishing turn's
+                # beat): a 10,000-message chord is ~2 s of CPU on RabbitMQ, ~0.4 s on Redis.
+                time.sleep(0)
     return template.body_id

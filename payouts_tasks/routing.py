@@ -23,8 +23,9 @@ settlement worker starts are consumed from its first message (consume_clients_fr
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -45,9 +46,16 @@ BATCH_TASKS = frozenset({"payouts.publish", "payouts.aggregate"})
 # How often a settlement worker looks for a new client's queue: a client's first batch ever
 # starts within this; every later batch at once (its queue is consumed already).
 SYNC_S = 1.0
-# A publish waits at most this long for the client's earlier publish (whose worker may have died)
-# before it publishes anyway: order is kept when all goes well, never at the cost of progress.
-ORDER_WAIT_S = 30.0
+# A client's publishing turn (publishing_turn): a publisher proves it is alive every TURN_BEAT_S;
+# one silent for TURN_ALIVE_S (its process died) loses its place, so the next goes ahead.
+TURN_BEAT_S = 2.0
+TURN_ALIVE_S = 15.0
+TURN_POLL_S = 0.05
+# Past this a publish goes ahead even behind a live one (order is kept when all goes well, never
+# at the cost of progress). On RabbitMQ a message may stay unacknowledged for 30 min (its default
+# consumer_timeout); on Redis the broker redelivers it after the visibility timeout, so the wait
+# stays well inside that.
+TURN_WAIT_MAX_S = 300.0
 ORDER_KEEP_S = 24 * 3600
 
 
@@ -55,6 +63,14 @@ def settle_queue(client: str) -> str:
     """The client's queue (percent-encoded: no client name can reach another's queue, nor hold
     a topic exchange's `*` or `#`)."""
     return SETTLE_PREFIX + encode_id(client)
+
+
+def turn_wait_max_s(settings: Settings) -> float:
+    """How long a publish may wait for its turn: on a Redis broker well inside the visibility
+    timeout (a publish still running then is delivered again), on RabbitMQ TURN_WAIT_MAX_S."""
+    if settings.broker_is_rabbitmq:
+        return TURN_WAIT_MAX_S
+    return min(TURN_WAIT_MAX_S, settings.visibility_timeout_s / 2)
 
 
 def route_task(name, args, kwargs, options, task=None, **_kw):
@@ -85,46 +101,78 @@ def known_clients(connection: redis.Redis | None = None, settings: Settings | No
         m.decode() if isinstance(m, bytes) else m for m in members}
 
 
+# The turn's keys: tickets (a counter), served (the highest ticket done), live (ticket -> the time
+# it lapses, in Redis's clock, so workers' clocks need not agree). Scripts, so that a ticket is
+# live from the moment it is taken and a check sees one consistent state.
+_NOW = "local now = redis.call('TIME')\nlocal now_ms = now[1] * 1000 + math.floor(now[2] / 1000)\n"
+_TAKE = _NOW + """
+local t = redis.call('INCR', KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[1]), t)
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
+return t
+"""
+_BEAT = _NOW + "return redis.call('ZADD', KEYS[1], 'XX', 'CH', now_ms + tonumber(ARGV[2]), ARGV[1])"
+_MAY_GO = _NOW + """
+local t = tonumber(ARGV[1])
+local served = tonumber(redis.call('GET', KEYS[1]) or '0')
+if served >= t - 1 then return 1 end
+for _, earlier in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now_ms, '+inf')) do
+  earlier = tonumber(earlier)
+  if earlier > served and earlier < t then return 0 end
+end
+return 1
+"""
+_LEAVE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+"""
+
+
 @contextmanager
 def publishing_turn(client: str, connection: redis.Redis | None = None,
-                    wait_s: float = ORDER_WAIT_S) -> Iterator[int]:
-    """One client's chords are published one at a time, in the order their publish tasks started
-    (a ticket lock in Redis), so each chord's messages are contiguous in the client's FIFO queue
-    and its batches complete in their order. Measured without it: five 10,000-item batches posted
-    0.4 s apart were published concurrently, interleaved, and all completed together at the end."""
+                    wait_max_s: float = TURN_WAIT_MAX_S,
+                    keep_alive: Callable[[], None] | None = None) -> Iterator[int]:
+    """One client's chords are published one at a time, in the order their publish tasks took a
+    ticket, so each chord's messages are contiguous in the client's FIFO queue and its batches
+    start in their order. Measured without it: five 10,000-item batches posted 0.4 s apart were
+    published concurrently, interleaved, and all completed together at the end.
+
+    A publisher waits as long as an earlier one is alive (each beats every TURN_BEAT_S while it
+    waits or publishes: a RabbitMQ chord of 10,000 takes ~2 s of CPU, longer on a busy worker, so
+    five back to back outwaited a fixed 30 s limit and interleaved), and no longer than
+    `wait_max_s`. `keep_alive` runs at each beat (the publish task keeps its batch fresh, so the
+    sweeper does not re-drive a batch that is only waiting its turn)."""
     r = connection or store_client()
-    tickets, served = (f"payouts:publish-ticket:{encode_id(client)}",
-                       f"payouts:publish-served:{encode_id(client)}")
-    with r.pipeline(transaction=True) as pipe:
-        pipe.incr(tickets)
-        pipe.expire(tickets, ORDER_KEEP_S)
-        pipe.expire(served, ORDER_KEEP_S)
-        ticket = pipe.execute()[0]
-    deadline = time.monotonic() + wait_s
-    while int(r.get(served) or 0) < ticket - 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    keys = [f"payouts:publish-served:{encode_id(client)}", f"payouts:publish-live:{encode_id(client)}"]
+    ticket = int(r.eval(_TAKE, 2, f"payouts:publish-ticket:{encode_id(client)}", keys[1],
+                        int(TURN_ALIVE_S * 1000), ORDER_KEEP_S))
+    beating = threading.Event()
+    beat = threading.Thread(target=_beat, args=(r, keys[1], ticket, beating, keep_alive),
+                            name=f"publishing-turn-{ticket}", daemon=True)
+    beat.start()
     try:
+        deadline = time.monotonic() + wait_max_s
+        while not r.eval(_MAY_GO, 2, *keys, ticket) and time.monotonic() < deadline:
+            time.sleep(TURN_POLL_S)
         yield ticket
     finally:
-        _serve(r, served, ticket)
+        beating.set()
+        r.eval(_LEAVE, 2, *keys, ticket, ORDER_KEEP_S)  # served = max(served, ticket)
 
 
-def _serve(r: redis.Redis, served: str, ticket: int) -> None:
-    """served = max(served, ticket): a publish that went ahead after waiting out a dead one's turn
-    is not moved back when that one ends after all."""
-    with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(served)
-                if int(pipe.get(served) or 0) >= ticket:
-                    pipe.unwatch()
-                    return
-                pipe.multi()
-                pipe.set(served, ticket, ex=ORDER_KEEP_S)
-                pipe.execute()
-                return
-            except redis.WatchError:
-                continue
+def _beat(r: redis.Redis, live: str, ticket: int, stop: threading.Event,
+          keep_alive: Callable[[], None] | None) -> None:
+    """Keep a ticket live until its holder leaves (a greenlet in a gevent worker)."""
+    while not stop.wait(TURN_BEAT_S):
+        try:
+            r.eval(_BEAT, 1, live, ticket, int(TURN_ALIVE_S * 1000))
+            if keep_alive is not None:
+                keep_alive()
+        except redis.RedisError as exc:  # the next beat tries again; a lapse costs order only
+            log.warning("publishing turn not renewed: %s", exc)
 
 
 def consume_clients_from_start(app, options: dict) -> None:

@@ -8,8 +8,11 @@ import threading
 import time
 from dataclasses import replace
 
+import pytest
+
 from payouts_core.resources import store_client
 from payouts_core.settings import get_settings, key_digest
+from payouts_tasks import routing
 from payouts_tasks.batches import batch_chord
 from payouts_tasks.routing import (
     BATCH_QUEUE,
@@ -19,6 +22,7 @@ from payouts_tasks.routing import (
     register_client,
     route_task,
     settle_queue,
+    turn_wait_max_s,
 )
 
 
@@ -75,13 +79,77 @@ def test_one_clients_publishes_take_turns_in_ticket_order(uid):
     assert entered[1][2] >= left[0][1]  # the second entered only once the first had left
 
 
-def test_a_turn_held_by_a_dead_publisher_is_waited_out(uid):
-    client = f"dead{uid}"
-    with publishing_turn(client, wait_s=0):
-        pass
-    r = store_client()
-    r.incr(f"payouts:publish-ticket:{client}")  # a publisher that took its ticket and died
+@pytest.fixture
+def quick_turns(monkeypatch):
+    """Turns that lapse 0.4 s after their holder's last beat, beating every 0.1 s."""
+    monkeypatch.setattr(routing, "TURN_ALIVE_S", 0.4)
+    monkeypatch.setattr(routing, "TURN_BEAT_S", 0.1)
 
-    with publishing_turn(client, wait_s=0.3) as ticket:  # goes ahead once the wait is over
-        assert ticket == 3
-    assert int(r.get(f"payouts:publish-served:{client}")) == 3  # the dead one's turn passed on
+
+def take_ticket_and_die(client: str) -> int:
+    """What a publisher killed right after taking its ticket leaves behind: a live ticket that
+    nobody beats."""
+    return int(store_client().eval(routing._TAKE, 2, f"payouts:publish-ticket:{client}",
+                                   f"payouts:publish-live:{client}", 400, 60))
+
+
+def test_a_dead_publishers_turn_lapses_and_the_next_goes_ahead(uid, quick_turns):
+    client = f"dead{uid}"
+    with publishing_turn(client):
+        pass
+    dead = take_ticket_and_die(client)
+    asked = time.monotonic()
+
+    with publishing_turn(client, wait_max_s=30) as ticket:
+        waited = time.monotonic() - asked
+    assert ticket == dead + 1
+    assert 0.2 < waited < 5  # its turn lapsed (0.4 s after it was taken), not the 30 s cap
+    assert int(store_client().get(f"payouts:publish-served:{client}")) == ticket
+
+
+def test_a_live_publisher_is_waited_for_past_the_lapse_time(uid, quick_turns):
+    """A chord that takes longer to publish than TURN_ALIVE_S keeps its turn by beating: the next
+    publisher waits (a fixed 30 s limit let five 10,000-item RabbitMQ chords interleave)."""
+    client, left, beats = f"slow{uid}", [], []
+
+    def slow_publisher() -> None:
+        with publishing_turn(client, keep_alive=lambda: beats.append(1)):
+            time.sleep(1.5)  # ~4 lapse times
+            left.append(time.monotonic())
+
+    first = threading.Thread(target=slow_publisher)
+    first.start()
+    time.sleep(0.1)
+    with publishing_turn(client, wait_max_s=30):
+        entered = time.monotonic()
+    first.join()
+
+    assert entered >= left[0]
+    assert len(beats) >= 5  # the holder's keep_alive ran at its beats (the batch kept fresh)
+
+
+def test_a_turn_is_waited_for_no_longer_than_its_cap(uid, quick_turns):
+    client, release = f"stuck{uid}", threading.Event()
+
+    def stuck_publisher() -> None:
+        with publishing_turn(client):
+            release.wait(10)
+
+    first = threading.Thread(target=stuck_publisher)
+    first.start()
+    time.sleep(0.1)
+    asked = time.monotonic()
+    with publishing_turn(client, wait_max_s=0.5):
+        waited = time.monotonic() - asked
+    release.set()
+    first.join()
+    assert 0.4 < waited < 5
+
+
+def test_the_turn_wait_stays_inside_the_redis_visibility_timeout():
+    settings = get_settings()
+    on_redis = replace(settings, broker_url="redis://localhost:6379/0", visibility_timeout_s=70)
+    on_rabbitmq = replace(settings, broker_url="amqp://guest:guest@localhost:5672//")
+
+    assert turn_wait_max_s(on_redis) == 35
+    assert turn_wait_max_s(on_rabbitmq) == routing.TURN_WAIT_MAX_S > 35
