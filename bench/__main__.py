@@ -3,7 +3,8 @@
 Starts its own Redis (and with --broker rabbitmq a vhost of its own on the local RabbitMQ), the API
 (the Procfile's gunicorn command) and workers (one process per core unless told), runs the
 scenarios, prints the scenario table, the targets of issue 12 (met or missed, the plain-Celery
-floor measured in the same run) and the Redis operations per item, and writes them as JSON.
+floor measured in the same run), the seed rows' wall time against their critical path and the
+Redis operations per item, and writes them as JSON.
 Exits 1 when any batch or chord did not complete (a missed target does not change the exit code).
 """
 
@@ -27,6 +28,7 @@ from bench.report import (
     floor_ratios,
     machine_info,
     render,
+    render_critical,
     render_redis,
     render_targets,
     write_json,
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 targets = evaluate_targets(rows)
                 render(rows, console)
                 render_targets(targets, console, quick=args.quick)
+                render_critical(rows, console)
                 render_redis(rows, console)
                 write_json(args.json, rows, {**meta, "seconds": round(time.monotonic() - started, 1)},
                            targets)

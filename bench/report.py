@@ -1,5 +1,5 @@
-"""Rows of results, the printed tables (scenarios, targets of issue 12, Redis operations per item)
-and the JSON file."""
+"""Rows of results, the printed tables (scenarios, targets of issue 12, wall time against the
+critical path, Redis operations per item) and the JSON file."""
 
 from __future__ import annotations
 
@@ -177,6 +177,17 @@ def evaluate_targets(rows: list[Row]) -> list[dict]:
         f"{rate:,.0f} items/s ({seed.extra.get('worker_processes', '?')} worker processes)",
         rate, judged(seed, rate, lambda v: v >= 300))
 
+    # Issue 20 item 4: the same bound as the items/s target, stated as what it is (the batch
+    # ends with its slowest item), on server-side times (bench/critical_path.py).
+    path = seed.extra.get("critical_path", {}) if seed else {}
+    ratio = path.get("ratio") if path.get("complete") else None
+    add("seed-profile wall <= 1.15x its critical path", "seed-profile",
+        "-" if seed is None else "no result" if ratio is None else
+        f"{path['accepted_to_completed_s']:.2f} s accepted -> completed (server) = {ratio:.2f}x "
+        f"{path['critical_path_s']:.2f} s (item {path['set_by']['index']}, "
+        f"{path['set_by']['attempts']} attempts); client 202 -> completed "
+        f"{_num(path.get('client_ratio'), '.2f')}x", ratio, judged(seed, ratio, lambda v: v <= 1.15))
+
     t95, t100 = (seed.extra.get("t95_s"), seed.extra.get("t100_s")) if seed else (None, None)
     tail = t100 / t95 if t95 and t100 else None
     add("seed-profile: 100 % of items done <= 1.3x the time 95 % are done", "seed-profile",
@@ -278,6 +289,56 @@ def render_targets(targets: list[dict], console: Console | None = None, quick: b
     (console or Console(width=200)).print(table)
 
 
+# -- critical path (issue 20 item 4) ------------------------------------------------------------
+
+_CRITICAL_COLUMNS = ("scenario", "items", "POST sent -> completed s (client)",
+                     "202 -> completed s (client)", "accepted -> completed s (server)",
+                     "critical path s", "wall / critical path (server; client)",
+                     "set by: item, outcome, attempts, provider + backoff ms, first call at s",
+                     "95 % / 100 % final s (server)", "items' first call p50 / max s",
+                     "last final -> completed s", "capacity bound s")
+
+
+def critical_rows(rows: list[dict]) -> list[list[str]]:
+    """Cells of the critical-path table, from JSON rows (as_json) that carry `extra.critical_path`."""
+    cells = []
+    for row in rows:
+        cp = row.get("extra", {}).get("critical_path")
+        if not cp:
+            continue
+        if not cp.get("complete"):
+            cells.append([row["scenario"], f"{row['items']:,}",
+                          _num(cp.get("post_sent_to_completed_s"), ".2f"),
+                          _num(cp.get("accepted_202_to_completed_s"), ".2f"), "-", "-", "-",
+                          "; ".join(cp.get("problems", [])), "-", "-", "-", "-"])
+            continue
+        by = cp["set_by"]
+        cells.append([
+            row["scenario"], f"{row['items']:,}", _num(cp["post_sent_to_completed_s"], ".2f"),
+            _num(cp["accepted_202_to_completed_s"], ".2f"), _num(cp["accepted_to_completed_s"], ".2f"),
+            _num(cp["critical_path_s"], ".2f"),
+            f"{_num(cp['ratio'], '.2f')}x; {_num(cp.get('client_ratio'), '.2f')}x",
+            f"#{by['index']} {by['outcome']}, {by['attempts']}, {by['provider_ms']:,} + "
+            f"{by['backoff_ms']:,}, {_num(by['first_call_s'], '.2f')}",
+            f"{_num(cp['t95_s'], '.2f')} / {_num(cp['t100_s'], '.2f')}",
+            f"{_num(cp['start_s']['p50'], '.2f')} / {_num(cp['start_s']['max'], '.2f')}",
+            _num(cp["completion_lag_s"], ".2f"), _num(cp["capacity_bound_s"], ".2f")])
+    return cells
+
+
+def render_critical(rows: list[Row], console: Console | None = None) -> None:
+    cells = critical_rows([{"scenario": r.scenario, "items": r.items, "extra": r.extra} for r in rows])
+    if not cells:
+        return
+    table = Table(title="wall time against the critical path (issue 20 item 4; server = the "
+                        "outbox events' times, client = the harness's polls every 100 ms)")
+    for i, name in enumerate(_CRITICAL_COLUMNS):
+        table.add_column(name, justify="left" if i in (0, 7) else "right", overflow="fold")
+    for line in cells:
+        table.add_row(*line)
+    (console or Console(width=200)).print(table)
+
+
 # -- Redis operations per item -------------------------------------------------------------------
 
 def _top_calls(ops: dict, count: int = 8) -> str:
@@ -361,6 +422,10 @@ def markdown(data: dict) -> str:
         lines += ["", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | "
                   f"{'**missed**' if t['status'] == 'missed' else t['status']} |" for t in data["targets"]]
+    if cells := critical_rows(data["rows"]):
+        lines += ["", "| " + " | ".join(_CRITICAL_COLUMNS) + " |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
     if cells := redis_rows(data["rows"]):
         lines += ["", "| " + " | ".join(_REDIS_COLUMNS) + " |",
                   "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]

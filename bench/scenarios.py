@@ -32,7 +32,9 @@ import requests
 from celery import chord
 
 from bench import efi as efi_scenario
-from bench.ledger import ledger
+from bench.critical_path import measure as measure_critical_path
+from bench.critical_path import outbox_tail
+from bench.ledger import CLIENT, ledger
 from bench.load import run_load
 from bench.processes import BenchStack
 from bench.profiling import Profiler
@@ -43,7 +45,7 @@ from bench.trickle import TrickleServer
 from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
 from payouts_core.settings import Settings
-from payouts_core.store import PayoutStore
+from payouts_core.store import BatchRef, PayoutStore
 from payouts_tasks.routing import BATCH_QUEUE, DEFAULT_QUEUE, SETTLE_PREFIX, WEBHOOK_QUEUE, settle_queue
 
 POLL_S = 0.1
@@ -69,13 +71,14 @@ class Sizes:
     scale_zero_items: int = 5_000
     fairness_batches: int = 5
     trickle_interval: float = 9.0
+    seed_large_items: int = 10_000
 
 
 FULL = Sizes(seed_items=2_000, zero_items=10_000, post_runs=5, get_requests=50, load_seconds=10,
              floor_items=2_000, seed_latency_ms="500-2000")
 QUICK = Sizes(seed_items=50, zero_items=50, post_runs=1, get_requests=10, load_seconds=2,
               floor_items=50, seed_latency_ms="0-10", hostile_runs=1, scale_processes=(1, 2),
-              scale_zero_items=50, fairness_batches=2, trickle_interval=0.5,
+              scale_zero_items=50, fairness_batches=2, trickle_interval=0.5, seed_large_items=200,
               retry_backoff={"PAYOUTS_RETRY_BACKOFF_BASE_S": "0.05", "PAYOUTS_RETRY_BACKOFF_MAX_S": "0.4"})
 
 # 20 % of provider calls fail: 15 % permanently (invalid or blocked account, key not in DICT: the
@@ -97,6 +100,7 @@ class BatchRun:
     t95: float | None = None  # seconds until 95 % of the items were processed (the rest is the tail)
     t100: float | None = None  # seconds until every item was processed (POST sent -> processed == total)
     first_final_s: float | None = None  # 202 received -> first GET showing processed >= 1
+    outbox_after: str = "-"  # the outbox's newest entry before the POST: the batch's events follow
 
     @property
     def completed(self) -> bool:
@@ -220,9 +224,10 @@ class Bench:
         batch_id = self.batch_id(scenario)
         body = json.dumps(make_batch(batch_id, items))
         url = f"{self.stack.api_url}/api/payouts"
+        outbox_after = outbox_tail(self.redis)
         started = time.perf_counter()
         response = self.http.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=120)
-        run = BatchRun(batch_id, items, time.perf_counter() - started)
+        run = BatchRun(batch_id, items, time.perf_counter() - started, outbox_after=outbox_after)
         if response.status_code != 202:
             run.problems.append(f"POST answered {response.status_code}: {response.text[:200]}")
             return run
@@ -376,18 +381,49 @@ class Bench:
         return (f"{count} worker process{'es' if count != 1 else ''} x gevent -c {self.stack.concurrency}"
                 " (each its own process, WORKER_PROCESSES=1)")
 
-    def seed_profile(self, scenario: str = "seed-profile", workers: int | None = None) -> Row:
+    def seed_profile(self, scenario: str = "seed-profile", workers: int | None = None,
+                     items: int | None = None) -> Row:
         workers = workers or self.processes
         self.stack.ensure_workers(self.seed_env(), workers)
         with self.measure(scenario) as sampler:
-            run = self.run_batch(scenario, self.sizes.seed_items)
+            run = self.run_batch(scenario, items or self.sizes.seed_items)
         row = self.row(scenario, [run], sampler, [
             self.worker_note(workers), f"latency {self.sizes.seed_latency_ms} ms, {SEED_FAILURES_NOTE}"])
         row.extra["worker_processes"] = workers
         if run.t95 and run.t100:
             row.notes.insert(-1, f"100% processed at {run.t100:.1f} s = {run.t100 / run.t95:.2f}x "
                                  "the 95% time")
+        if run.completed:
+            self.critical_path(row, run, workers)
         return row
+
+    def seed_10k(self) -> Row:
+        """Issue 20: the seed profile on a 10,000-item batch (`--quick`: its quick size), where
+        the workers' greenlets rather than the slowest item may set the end."""
+        return self.seed_profile("seed-10k", items=self.sizes.seed_large_items)
+
+    def critical_path(self, row: Row, run: BatchRun, workers: int) -> None:
+        """Issue 20 item 4: the batch's wall time against its critical path (bench/critical_path.py),
+        server-side (batch.accepted -> batch.completed events) and as the client saw it."""
+        found = measure_critical_path(self.redis, BatchRef(CLIENT, run.batch_id), run.outbox_after,
+                                      run.items, workers * self.stack.concurrency)
+        found["post_sent_to_completed_s"] = _round(run.seconds, 3)
+        found["accepted_202_to_completed_s"] = _round(run.seconds - run.post_s, 3)
+        row.extra["critical_path"] = found
+        if not found["complete"]:
+            row.notes.insert(-1, "critical path not measured: " + "; ".join(found["problems"]))
+            return
+        path, by = found["critical_path_s"], found["set_by"]
+        client_ratio = found["accepted_202_to_completed_s"] / path if path else None
+        found["client_ratio"] = _round(client_ratio, 3)
+        row.notes.insert(-1, (
+            f"wall {found['accepted_to_completed_s']:.2f} s (server: accepted -> completed) = "
+            f"{found['ratio']:.2f}x the critical path {path:.2f} s, set by item {by['index']} "
+            f"({by['outcome']}, {by['attempts']} attempts: provider {by['provider_ms']:,} ms + backoff "
+            f"{by['backoff_ms']:,} ms; its first call at {by['first_call_s']:.2f} s); client: 202 -> "
+            f"completed {found['accepted_202_to_completed_s']:.2f} s = "
+            + (f"{client_ratio:.2f}x" if client_ratio else "-")
+            + f"; 95% final at {found['t95_s']:.2f} s (server)"))
 
     def zero_latency(self, scenario: str = "zero-latency", workers: int | None = None,
                      items: int | None = None) -> Row:
@@ -781,6 +817,7 @@ class Bench:
 
 SCENARIOS = {
     "seed-profile": Bench.seed_profile,
+    "seed-10k": Bench.seed_10k,
     "zero-latency": Bench.zero_latency,
     "post-10k": Bench.post_10k,
     "get": Bench.get,
