@@ -129,10 +129,41 @@ def _describe(item: ItemPath, accepted: int) -> dict:
             "retry_wait_s": _s(item.retry_wait_ms)}
 
 
-def summarise(events: list[dict], items: int, slots: int, expected_events: int | None = None) -> dict:
+def _in_flight_peak(items: list[ItemPath]) -> int:
+    """The most items at once between their first call and their final event."""
+    edges = sorted([(p.first_call_at, 1) for p in items] + [(p.final_at, -1) for p in items],
+                   key=lambda e: (e[0], e[1]))
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def _broker_series(samples: list[tuple[float, int, int]], paths: list[ItemPath], accepted: int,
+                   every_s: float = 0.5) -> list[list]:
+    """[s after accepted, messages queued in the broker, unacknowledged (taken by a worker),
+    items started, items in flight] at the harness's samples, about every `every_s`: whether
+    items that had not started waited in the broker or inside a worker."""
+    series, last = [], None
+    for at, queued, unacked in samples:
+        at_ms = at * 1000
+        if last is not None and at_ms - last < every_s * 1000:
+            continue
+        last = at_ms
+        started = sum(1 for p in paths if p.first_call_at is not None and p.first_call_at <= at_ms)
+        running = sum(1 for p in paths if p.first_call_at is not None and p.first_call_at <= at_ms
+                      and (p.final_at is None or p.final_at > at_ms))
+        series.append([round((at_ms - accepted) / 1000, 2), queued, unacked, started, running])
+    return series
+
+
+def summarise(events: list[dict], items: int, slots: int, expected_events: int | None = None,
+              samples: list[tuple[float, int, int]] | None = None) -> dict:
     """The batch's critical path and where its wall time went, in server-side times (ms from
     Redis, or the API's clock for `batch.accepted`: the same host). `slots` = greenlets of the
-    workers that ran it, for the capacity bound (provider time of every item / slots)."""
+    workers that ran it, for the capacity bound (provider time of every item / slots).
+    `samples`: (epoch s, queued, unacknowledged) broker depths the harness read while it ran."""
     accepted, published = _batch_at(events, "batch.accepted"), _batch_at(events, "batch.published")
     completed = _batch_at(events, "batch.completed")
     paths = item_paths(events)
@@ -157,14 +188,25 @@ def summarise(events: list[dict], items: int, slots: int, expected_events: int |
     capacity_ms = provider_ms / slots if slots else None
     retried = [p for p in paths.values() if p.retry_wait_ms]
     worst_retry = max(retried, key=lambda p: p.retry_wait_ms, default=None)
+    # Had every item, once its first call started, run nothing but its own path, the batch
+    # would have ended with this one: wall / this is what retries' queue waits and the rest
+    # added; this / critical path is what late starts (items waiting for a greenlet) added.
+    started = [p for p in final if p.first_call_at is not None]
+    late = max(started, key=lambda p: (p.first_call_at + p.path_ms, -p.index), default=None)
     return {
-        "complete": True, "events": len(events),
+        "complete": True, "events": len(events), "accepted_at_ms": accepted,
         "accepted_to_completed_s": _s(wall_ms),
         "accepted_to_published_s": _s(published - accepted) if published else None,
         "critical_path_s": _s(critical.path_ms),
         "ratio": round(wall_ms / critical.path_ms, 3) if critical.path_ms else None,
         "set_by": _describe(critical, accepted),
+        "start_bound_s": _s(late.first_call_at - accepted + late.path_ms) if late else None,
+        "start_bound_by": _describe(late, accepted) if late else None,
         "last_final": _describe(last, accepted),
+        "dispatch_per_s": round((len(starts) - 1) / (starts[-1] - starts[0]) * 1000)
+        if len(starts) > 1 and starts[-1] > starts[0] else None,
+        "in_flight_peak": _in_flight_peak(started),
+        "broker_series": _broker_series(samples or [], list(paths.values()), accepted),
         "t95_s": _s(percentile(finals, 0.95)), "t100_s": _s(finals[-1]),
         "completion_lag_s": _s(completed - last.final_at),  # last item final -> chord callback done
         "start_s": {"p50": _s(percentile(starts, 0.5)), "p95": _s(percentile(starts, 0.95)),
@@ -179,9 +221,10 @@ def summarise(events: list[dict], items: int, slots: int, expected_events: int |
     }
 
 
-def measure(client: redis.Redis, ref: BatchRef, after: str, items: int, slots: int) -> dict:
+def measure(client: redis.Redis, ref: BatchRef, after: str, items: int, slots: int,
+            samples: list[tuple[float, int, int]] | None = None) -> dict:
     """summarise() of a completed batch's events, checked against the batch's own event count
     (the `events` field of its hash: a gap means the archiver took some)."""
     expected = client.hget(batch_keys(ref)[0], "events")
     return summarise(batch_events(client, ref, after), items, slots,
-                     int(expected) if expected is not None else None)
+                     int(expected) if expected is not None else None, samples)

@@ -295,8 +295,11 @@ _CRITICAL_COLUMNS = ("scenario", "items", "POST sent -> completed s (client)",
                      "202 -> completed s (client)", "accepted -> completed s (server)",
                      "critical path s", "wall / critical path (server; client)",
                      "set by: item, outcome, attempts, provider + backoff ms, first call at s",
-                     "95 % / 100 % final s (server)", "items' first call p50 / max s",
-                     "last final -> completed s", "capacity bound s")
+                     "start bound s (max of first call + own path)",
+                     "items' first call p50 / max s; items started /s",
+                     "in flight peak / greenlets", "CPU % while items start: workers / machine",
+                     "95 % / 100 % final s (server)", "last final -> completed s")
+_CRITICAL_ALIGN = "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 
 
 def critical_rows(rows: list[dict]) -> list[list[str]]:
@@ -306,23 +309,25 @@ def critical_rows(rows: list[dict]) -> list[list[str]]:
         cp = row.get("extra", {}).get("critical_path")
         if not cp:
             continue
+        head = [row["scenario"], f"{row['items']:,}", _num(cp.get("post_sent_to_completed_s"), ".2f"),
+                _num(cp.get("accepted_202_to_completed_s"), ".2f")]
         if not cp.get("complete"):
-            cells.append([row["scenario"], f"{row['items']:,}",
-                          _num(cp.get("post_sent_to_completed_s"), ".2f"),
-                          _num(cp.get("accepted_202_to_completed_s"), ".2f"), "-", "-", "-",
-                          "; ".join(cp.get("problems", [])), "-", "-", "-", "-"])
+            cells.append(head + ["-", "-", "-", "; ".join(cp.get("problems", []))]
+                         + ["-"] * (len(_CRITICAL_COLUMNS) - len(head) - 4))
             continue
-        by = cp["set_by"]
-        cells.append([
-            row["scenario"], f"{row['items']:,}", _num(cp["post_sent_to_completed_s"], ".2f"),
-            _num(cp["accepted_202_to_completed_s"], ".2f"), _num(cp["accepted_to_completed_s"], ".2f"),
-            _num(cp["critical_path_s"], ".2f"),
+        by, cpu = cp["set_by"], cp.get("cpu_while_starting_pct") or {}
+        cells.append(head + [
+            _num(cp["accepted_to_completed_s"], ".2f"), _num(cp["critical_path_s"], ".2f"),
             f"{_num(cp['ratio'], '.2f')}x; {_num(cp.get('client_ratio'), '.2f')}x",
             f"#{by['index']} {by['outcome']}, {by['attempts']}, {by['provider_ms']:,} + "
             f"{by['backoff_ms']:,}, {_num(by['first_call_s'], '.2f')}",
+            _num(cp.get("start_bound_s"), ".2f"),
+            f"{_num(cp['start_s']['p50'], '.2f')} / {_num(cp['start_s']['max'], '.2f')}; "
+            f"{_num(cp.get('dispatch_per_s'))}",
+            f"{_num(cp.get('in_flight_peak'))} / {_num(cp.get('slots'))}",
+            f"{_num(cpu.get('worker'))} / {_num(cpu.get('machine'))}" if cpu else "-",
             f"{_num(cp['t95_s'], '.2f')} / {_num(cp['t100_s'], '.2f')}",
-            f"{_num(cp['start_s']['p50'], '.2f')} / {_num(cp['start_s']['max'], '.2f')}",
-            _num(cp["completion_lag_s"], ".2f"), _num(cp["capacity_bound_s"], ".2f")])
+            _num(cp["completion_lag_s"], ".2f")])
     return cells
 
 
@@ -423,8 +428,7 @@ def markdown(data: dict) -> str:
         lines += [f"| {t['target']} | {t['measured']} | "
                   f"{'**missed**' if t['status'] == 'missed' else t['status']} |" for t in data["targets"]]
     if cells := critical_rows(data["rows"]):
-        lines += ["", "| " + " | ".join(_CRITICAL_COLUMNS) + " |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        lines += ["", "| " + " | ".join(_CRITICAL_COLUMNS) + " |", _CRITICAL_ALIGN]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
     if cells := redis_rows(data["rows"]):
         lines += ["", "| " + " | ".join(_REDIS_COLUMNS) + " |",

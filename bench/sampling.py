@@ -1,7 +1,8 @@
 """Resource use of the run's processes: peak RSS and CPU seconds per role, read from /proc.
 
 RSS is sampled every 200 ms in a thread while a window is open; CPU is the difference of
-utime + stime at its ends. Linux only, no dependency beyond the standard library.
+utime + stime at its ends (and, from the same samples, over any part of the window:
+`Sampler.cpu_between`). Linux only, no dependency beyond the standard library.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self.usage = Usage()
         self.redis_ops = None  # a bench.redis_ops.RedisOps when the window also counts Redis commands
+        # (epoch s, CPU s per role, machine busy s) at each sample, for cpu_between
+        self.cpu_series: list[tuple[float, dict[str, float], float]] = []
         self._cpu_start: dict[str, float] = {}
         self._wall_start = 0.0
 
@@ -90,10 +93,26 @@ class Sampler:
         return {role: [p for root in roots for p in _tree(root)] for role, roots in self._roles().items()}
 
     def _sample(self) -> None:
-        for role, pids in self._trees().items():
+        trees = self._trees()
+        for role, pids in trees.items():
             sizes = [_rss(p) for p in pids]
             self.usage.rss_peak[role] = max(self.usage.rss_peak.get(role, 0), sum(sizes))
             self.usage.rss_proc_peak[role] = max(self.usage.rss_proc_peak.get(role, 0), max(sizes, default=0))
+        self.cpu_series.append((time.time(), {role: _cpu_seconds(pids) for role, pids in trees.items()},
+                                _machine_busy_seconds()))
+
+    def cpu_between(self, start: float, end: float) -> dict[str, float] | None:
+        """CPU % of a core per role, and of the whole machine, between two epoch times (the
+        samples around them, 200 ms apart): what the processes used in part of the window."""
+        before = [s for s in self.cpu_series if s[0] <= start]
+        after = [s for s in self.cpu_series if s[0] >= end]
+        if not before or not after:
+            return None
+        (t0, roles0, busy0), (t1, roles1, busy1) = before[-1], after[0]
+        wall = max(t1 - t0, 1e-9)
+        pct = {role: round(100 * (roles1[role] - roles0.get(role, 0.0)) / wall)
+               for role in roles1 if role in roles0}
+        return {**pct, "machine": round(100 * (busy1 - busy0) / wall), "seconds": round(wall, 2)}
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -101,6 +101,7 @@ class BatchRun:
     t100: float | None = None  # seconds until every item was processed (POST sent -> processed == total)
     first_final_s: float | None = None  # 202 received -> first GET showing processed >= 1
     outbox_after: str = "-"  # the outbox's newest entry before the POST: the batch's events follow
+    broker: list[tuple[float, int, int]] = field(default_factory=list)  # (epoch s, queued, unacked)
 
     @property
     def completed(self) -> bool:
@@ -218,9 +219,12 @@ class Bench:
         return f"bench-{self.stack.run_id}-{scenario}-{self._seq}"
 
     def run_batch(self, scenario: str, items: int, timeout: float | None = None,
-                  first_final: bool = False) -> BatchRun:
+                  first_final: bool = False, broker_depths: bool = False) -> BatchRun:
         """POST a new batch, poll its report until completed, check it. With `first_final`, first
-        poll every 20 ms until an item is final (`BatchRun.first_final_s`)."""
+        poll every 20 ms until an item is final (`BatchRun.first_final_s`). With `broker_depths`
+        (Redis broker only), each poll also reads the client's queue length and the number of
+        unacknowledged messages (`BatchRun.broker`; LLEN and HLEN, cheap)."""
+        depths = broker_depths and self.stack.vhost is None
         batch_id = self.batch_id(scenario)
         body = json.dumps(make_batch(batch_id, items))
         url = f"{self.stack.api_url}/api/payouts"
@@ -239,6 +243,10 @@ class Bench:
             response = self.http.get(f"{url}/{batch_id}", timeout=60)
             run.get_s.append(time.perf_counter() - asked)
             head = response.content[:2048]
+            if depths:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    queued, unacked = pipe.llen(settle_queue(CLIENT)).hlen("unacked").execute()
+                run.broker.append((time.time(), queued, unacked))
             status, processed = _STATUS.search(head), _PROCESSED.search(head)
             if run.t95 is None and processed and int(processed[1]) >= 0.95 * items:
                 run.t95 = time.perf_counter() - started
@@ -359,7 +367,7 @@ class Bench:
             c, run = runs[0].counts, runs[0]
             row.notes.append(f"paid {c.get('successful')} failed {c.get('failed')} dup {c.get('duplicates')}"
                              + (f"; 95% processed at {run.t95:.1f} s" if run.items >= 100 else ""))
-        row.extra["batches"] = [vars(r) | {"get_s": len(r.get_s)} for r in runs]
+        row.extra["batches"] = [vars(r) | {"get_s": len(r.get_s), "broker": len(r.broker)} for r in runs]
         if runs:
             row.extra.update(t95_s=_round(runs[0].t95), t100_s=_round(runs[0].t100))
         if sampler.redis_ops is not None:
@@ -386,7 +394,7 @@ class Bench:
         workers = workers or self.processes
         self.stack.ensure_workers(self.seed_env(), workers)
         with self.measure(scenario) as sampler:
-            run = self.run_batch(scenario, items or self.sizes.seed_items)
+            run = self.run_batch(scenario, items or self.sizes.seed_items, broker_depths=True)
         row = self.row(scenario, [run], sampler, [
             self.worker_note(workers), f"latency {self.sizes.seed_latency_ms} ms, {SEED_FAILURES_NOTE}"])
         row.extra["worker_processes"] = workers
@@ -394,7 +402,7 @@ class Bench:
             row.notes.insert(-1, f"100% processed at {run.t100:.1f} s = {run.t100 / run.t95:.2f}x "
                                  "the 95% time")
         if run.completed:
-            self.critical_path(row, run, workers)
+            self.critical_path(row, run, workers, sampler)
         return row
 
     def seed_10k(self) -> Row:
@@ -402,17 +410,23 @@ class Bench:
         the workers' greenlets rather than the slowest item may set the end."""
         return self.seed_profile("seed-10k", items=self.sizes.seed_large_items)
 
-    def critical_path(self, row: Row, run: BatchRun, workers: int) -> None:
+    def critical_path(self, row: Row, run: BatchRun, workers: int, sampler: Sampler) -> None:
         """Issue 20 item 4: the batch's wall time against its critical path (bench/critical_path.py),
-        server-side (batch.accepted -> batch.completed events) and as the client saw it."""
+        server-side (batch.accepted -> batch.completed events) and as the client saw it; and the
+        CPU the processes used while items were still starting (is dispatch CPU-bound?)."""
         found = measure_critical_path(self.redis, BatchRef(CLIENT, run.batch_id), run.outbox_after,
-                                      run.items, workers * self.stack.concurrency)
+                                      run.items, workers * self.stack.concurrency, run.broker)
         found["post_sent_to_completed_s"] = _round(run.seconds, 3)
         found["accepted_202_to_completed_s"] = _round(run.seconds - run.post_s, 3)
+        found["worker_cpu_ms_per_item"] = _round(
+            1000 * sampler.usage.cpu_s.get("worker", 0.0) / run.items, 2)
         row.extra["critical_path"] = found
         if not found["complete"]:
             row.notes.insert(-1, "critical path not measured: " + "; ".join(found["problems"]))
             return
+        accepted, starts = found["accepted_at_ms"] / 1000, found["start_s"]
+        if starts["max"] is not None and starts["max"] > 0.5:
+            found["cpu_while_starting_pct"] = sampler.cpu_between(accepted, accepted + starts["max"])
         path, by = found["critical_path_s"], found["set_by"]
         client_ratio = found["accepted_202_to_completed_s"] / path if path else None
         found["client_ratio"] = _round(client_ratio, 3)
@@ -423,7 +437,10 @@ class Bench:
             f"{by['backoff_ms']:,} ms; its first call at {by['first_call_s']:.2f} s); client: 202 -> "
             f"completed {found['accepted_202_to_completed_s']:.2f} s = "
             + (f"{client_ratio:.2f}x" if client_ratio else "-")
-            + f"; 95% final at {found['t95_s']:.2f} s (server)"))
+            + f"; 95% final at {found['t95_s']:.2f} s (server); items' first calls p50 "
+            f"{starts['p50']:.2f} s, last {starts['max']:.2f} s ({found['dispatch_per_s']} items/s, "
+            f"at most {found['in_flight_peak']:,} of {found['slots']:,} greenlets busy); every item "
+            f"running only its own path after its first call: {found['start_bound_s']:.2f} s"))
 
     def zero_latency(self, scenario: str = "zero-latency", workers: int | None = None,
                      items: int | None = None) -> Row:
