@@ -297,7 +297,8 @@ _CRITICAL_COLUMNS = ("scenario", "items", "POST sent -> completed s (client)",
                      "set by: item, outcome, attempts, provider + backoff ms, first call at s",
                      "start bound s (max of first call + own path)",
                      "items' first call p50 / max s; items started /s",
-                     "in flight peak / greenlets", "CPU % while items start: workers / machine",
+                     "in flight peak / greenlets",
+                     "% of a core while items start: workers' CPU (their wait for a CPU) / machine",
                      "95 % / 100 % final s (server)", "last final -> completed s")
 _CRITICAL_ALIGN = "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 
@@ -325,7 +326,8 @@ def critical_rows(rows: list[dict]) -> list[list[str]]:
             f"{_num(cp['start_s']['p50'], '.2f')} / {_num(cp['start_s']['max'], '.2f')}; "
             f"{_num(cp.get('dispatch_per_s'))}",
             f"{_num(cp.get('in_flight_peak'))} / {_num(cp.get('slots'))}",
-            f"{_num(cpu.get('worker'))} / {_num(cpu.get('machine'))}" if cpu else "-",
+            f"{_num(cpu.get('worker'))} ({_num(cpu.get('worker_wait'))}) / {_num(cpu.get('machine'))}"
+            if cpu else "-",
             f"{_num(cp['t95_s'], '.2f')} / {_num(cp['t100_s'], '.2f')}",
             _num(cp["completion_lag_s"], ".2f")])
     return cells

@@ -7,6 +7,7 @@ utime + stime at its ends (and, from the same samples, over any part of the wind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -54,6 +55,21 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def _wait_seconds(pids: list[int]) -> float:
+    """Seconds the processes' threads spent runnable but waiting for a CPU (schedstat's second
+    field): a process slowed by a busy machine, not by its own work, shows it here."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def _machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -84,8 +100,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self.usage = Usage()
         self.redis_ops = None  # a bench.redis_ops.RedisOps when the window also counts Redis commands
-        # (epoch s, CPU s per role, machine busy s) at each sample, for cpu_between
-        self.cpu_series: list[tuple[float, dict[str, float], float]] = []
+        # (epoch s, CPU s per role, machine busy s, run-queue wait s per role) at each sample
+        self.cpu_series: list[tuple[float, dict[str, float], float, dict[str, float]]] = []
         self._cpu_start: dict[str, float] = {}
         self._wall_start = 0.0
 
@@ -99,20 +115,23 @@ class Sampler:
             self.usage.rss_peak[role] = max(self.usage.rss_peak.get(role, 0), sum(sizes))
             self.usage.rss_proc_peak[role] = max(self.usage.rss_proc_peak.get(role, 0), max(sizes, default=0))
         self.cpu_series.append((time.time(), {role: _cpu_seconds(pids) for role, pids in trees.items()},
-                                _machine_busy_seconds()))
+                                _machine_busy_seconds(),
+                                {role: _wait_seconds(pids) for role, pids in trees.items()}))
 
     def cpu_between(self, start: float, end: float) -> dict[str, float] | None:
         """CPU % of a core per role, and of the whole machine, between two epoch times (the
-        samples around them, 200 ms apart): what the processes used in part of the window."""
+        samples around them, 200 ms apart): what the processes used in part of the window;
+        `<role>_wait`: % of the window its threads were runnable but waited for a CPU."""
         before = [s for s in self.cpu_series if s[0] <= start]
         after = [s for s in self.cpu_series if s[0] >= end]
         if not before or not after:
             return None
-        (t0, roles0, busy0), (t1, roles1, busy1) = before[-1], after[0]
+        (t0, roles0, busy0, wait0), (t1, roles1, busy1, wait1) = before[-1], after[0]
         wall = max(t1 - t0, 1e-9)
-        pct = {role: round(100 * (roles1[role] - roles0.get(role, 0.0)) / wall)
-               for role in roles1 if role in roles0}
-        return {**pct, "machine": round(100 * (busy1 - busy0) / wall), "seconds": round(wall, 2)}
+        pct = {role: round(100 * (roles1[role] - roles0[role]) / wall) for role in roles1 if role in roles0}
+        waits = {f"{role}_wait": round(100 * (wait1[role] - wait0[role]) / wall)
+                 for role in wait1 if role in wait0}
+        return {**pct, **waits, "machine": round(100 * (busy1 - busy0) / wall), "seconds": round(wall, 2)}
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
