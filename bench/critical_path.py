@@ -209,8 +209,8 @@ def summarise(events: list[dict], items: int, slots: int, expected_events: int |
         "broker_series": _broker_series(samples or [], list(paths.values()), accepted),
         "t95_s": _s(percentile(finals, 0.95)), "t100_s": _s(finals[-1]),
         "completion_lag_s": _s(completed - last.final_at),  # last item final -> chord callback done
-        "start_s": {"p50": _s(percentile(starts, 0.5)), "p95": _s(percentile(starts, 0.95)),
-                    "max": _s(starts[-1]) if starts else None},
+        "start_s": {"first": _s(starts[0]) if starts else None, "p50": _s(percentile(starts, 0.5)),
+                    "p95": _s(percentile(starts, 0.95)), "max": _s(starts[-1]) if starts else None},
         "retries": sum(p.calls - 1 for p in paths.values() if p.calls > 1),
         "retry_wait_max": _describe(worst_retry, accepted) if worst_retry else None,
         "provider_s_total": _s(provider_ms, 1), "slots": slots,
