@@ -46,7 +46,14 @@ from payouts_core.provider.simulated import SimulatedPixProvider
 from payouts_core.reconcile import reconcile
 from payouts_core.settings import Settings
 from payouts_core.store import BatchRef, PayoutStore
-from payouts_tasks.routing import BATCH_QUEUE, DEFAULT_QUEUE, SETTLE_PREFIX, WEBHOOK_QUEUE, settle_queue
+from payouts_tasks.routing import (
+    BATCH_QUEUE,
+    DEFAULT_QUEUE,
+    RETRY_PREFIX,
+    SETTLE_PREFIX,
+    WEBHOOK_QUEUE,
+    settle_queue,
+)
 
 POLL_S = 0.1
 FIRST_POLL_S = 0.02  # while waiting for a batch's first final item (post-10k)
@@ -311,7 +318,8 @@ class Bench:
         the Redis of `client` whatever the stack's broker (the floor's database)."""
         if self.stack.vhost is None or not broker:
             names = [DEFAULT_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE,
-                     *(k.decode() for k in client.scan_iter(f"{SETTLE_PREFIX}*", count=1000))]
+                     *(k.decode() for prefix in (SETTLE_PREFIX, RETRY_PREFIX)
+                       for k in client.scan_iter(f"{prefix}*", count=1000))]
             depths = {name: (client.llen(name), 0) for name in names}
             for held in client.hvals("unacked"):  # [message, exchange, routing key]
                 name = json.loads(held)[2]
@@ -323,7 +331,8 @@ class Bench:
         depths = {}
         for line in listed.splitlines():
             name, *counts = line.split("\t")
-            if name in (DEFAULT_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE) or name.startswith(SETTLE_PREFIX):
+            if (name in (DEFAULT_QUEUE, BATCH_QUEUE, WEBHOOK_QUEUE)
+                    or name.startswith((SETTLE_PREFIX, RETRY_PREFIX))):
                 depths[name] = (int(counts[0]), int(counts[1]))
         return depths
 

@@ -34,7 +34,7 @@ from payouts_core.ledger.backlog import outbox_backlog
 from payouts_core.ops_gauges import OperationsCollector
 from payouts_core.rules import COUNTER
 from payouts_tasks import app as celery_app
-from payouts_tasks.routing import WEBHOOK_QUEUE, known_clients, settle_queue
+from payouts_tasks.routing import WEBHOOK_QUEUE, client_queues, known_clients
 
 bp = Blueprint("metrics", __name__)
 
@@ -90,7 +90,7 @@ class SettlementCollector(Collector):
             items.add_metric([status], stats["items"].get(status, 0))
         yield items
         depth = GaugeMetricFamily("payouts_queue_depth", "Messages waiting in each Celery queue "
-                                  "(one settle queue per client, publish, webhooks, default).",
+                                  "(a settle and a retry queue per client, batches, webhooks, default).",
                                   labels=["queue"])
         for queue, count in depths.items():
             depth.add_metric([queue], count)
@@ -125,9 +125,10 @@ class LedgerBacklogCollector(Collector):
 
 
 def _queue_names(store) -> list[str]:
-    """The static queues, the webhooks queue and every known client's settle queue."""
+    """The static queues, the webhooks queue and every known client's settle and retry queues."""
     clients = known_clients(store.client, current_app.config["SETTINGS"])
-    return sorted({*celery_app.amqp.queues, WEBHOOK_QUEUE, *map(settle_queue, clients)})
+    return sorted({*celery_app.amqp.queues, WEBHOOK_QUEUE,
+                   *(queue for client in clients for queue in client_queues(client))})
 
 
 def _queue_depths(store) -> dict[str, int]:

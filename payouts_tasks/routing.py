@@ -5,6 +5,11 @@
   queue to the end of its BRPOP list once it delivered; RabbitMQ pushes each queue's consumer its
   own prefetch. So a new batch's items wait behind at most one message of each other busy client,
   not behind the whole backlog; within a client the queue is FIFO, so its batches keep their order.
+- `payouts.retry.<client>`: the client's settle retries (a transient error's backoff, an unknown
+  outcome asked again, an item waiting for another's claim). In the settle queue a retry waited
+  behind every message queued after its first attempt (a 10,000-item batch: up to ~30 s on top of
+  its backoff, and the slowest item sets the batch's end); here it waits behind at most one
+  message of each other queue, like a new client's batch.
 - `payouts.batches`: the batch-level messages, publish and aggregate (one each a batch), never
   behind settle messages. The aggregate is sent when a batch's last item reports: in the client's
   queue it waited behind every item of the client's later batches (measured: five 10,000-item
@@ -41,6 +46,7 @@ DEFAULT_QUEUE = "celery"
 BATCH_QUEUE = "payouts.batches"
 WEBHOOK_QUEUE = "payouts.webhooks"
 SETTLE_PREFIX = "payouts.settle."
+RETRY_PREFIX = "payouts.retry."
 CLIENTS_KEY = "payouts:settle-clients"
 BATCH_TASKS = frozenset({"payouts.publish", "payouts.aggregate"})
 # How often a settlement worker looks for a new client's queue: a client's first batch ever
@@ -71,6 +77,16 @@ def turn_wait_max_s(settings: Settings) -> float:
     if settings.broker_is_rabbitmq:
         return TURN_WAIT_MAX_S
     return min(TURN_WAIT_MAX_S, settings.visibility_timeout_s / 2)
+
+
+def retry_queue(client: str) -> str:
+    """The client's retry queue (its own prefix: no client name reaches another's queue)."""
+    return RETRY_PREFIX + encode_id(client)
+
+
+def client_queues(client: str) -> tuple[str, str]:
+    """The queues a settlement worker consumes for a client: retries first (see ClientQueues)."""
+    return retry_queue(client), settle_queue(client)
 
 
 def route_task(name, args, kwargs, options, task=None, **_kw):
@@ -187,7 +203,8 @@ def consume_clients_from_start(app, options: dict) -> None:
     except redis.RedisError:  # the store is down: the configured ones now, the rest by ClientQueues
         clients = configured_clients(get_settings())
     for client in sorted(clients):
-        app.amqp.queues.select_add(settle_queue(client))
+        for queue in client_queues(client):
+            app.amqp.queues.select_add(queue)
 
 
 class ClientQueues(bootsteps.StartStopStep):
@@ -222,13 +239,16 @@ class ClientQueues(bootsteps.StartStopStep):
             log.warning("client queues not synced: %s", exc)
             return
         for client in sorted(clients):
-            queue = settle_queue(client)
-            if queue not in self.scheduled and not c.task_consumer.consuming_from(queue):
-                # In the consumer's own loop (as Celery's add_consumer control does): the broker
-                # connection belongs to it, and a second greenlet using it (py-amqp on gevent)
-                # broke a basic_consume halfway, and the broker's deliveries were rejected.
-                self.scheduled.add(queue)
-                c.call_soon(self._consume, c, queue)
+            # The retry queue before the settle queue: a retry is published by a settle this
+            # worker ran, and RabbitMQ drops a message for a queue nobody declared yet.
+            for queue in client_queues(client):
+                if queue not in self.scheduled and not c.task_consumer.consuming_from(queue):
+                    # In the consumer's own loop (as Celery's add_consumer control does): the
+                    # broker connection belongs to it, and a second greenlet using it (py-amqp on
+                    # gevent) broke a basic_consume halfway, and the broker's deliveries were
+                    # rejected.
+                    self.scheduled.add(queue)
+                    c.call_soon(self._consume, c, queue)
 
     def _consume(self, c, queue: str) -> None:
         try:

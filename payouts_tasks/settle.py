@@ -26,6 +26,7 @@ from payouts_tasks import timing
 from payouts_tasks.celery_app import app
 from payouts_tasks.faults import crash_after_pay
 from payouts_tasks.metrics import PROVIDER_SECONDS, SETTLE_OUTCOMES, SETTLE_RETRIES
+from payouts_tasks.routing import retry_queue
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _call_provider(task, ref: BatchRef, index: int, decision: Decision, context:
         if not timing.retry_in_task(time.monotonic() - started, delay):
             SETTLE_RETRIES.labels("transient").inc()
             log.info("settle retry", extra={**context, "outcome": "retry"})
-            raise task.retry(countdown=delay) from exc
+            raise _retry(task, ref, countdown=delay) from exc
         # A short wait here, not behind every queued message: no retry tail.
         SETTLE_RETRIES.labels("in_task").inc()
         time.sleep(delay)
@@ -111,6 +112,12 @@ def _call_provider(task, ref: BatchRef, index: int, decision: Decision, context:
     crash_after_pay(order["external_id"])
     return store.record_paid(ref, index, transfer.e2e_id, decision.claim_generation,
                              {"duration_ms": _ms_since(call_started)}), None
+
+
+def _retry(task, ref: BatchRef, **options):
+    """Come back later through the client's retry queue, not behind its queued items
+    (payouts_tasks/routing.py)."""
+    return task.retry(queue=retry_queue(ref.client), **options)
 
 
 def _ms_since(started: float) -> float:
@@ -161,7 +168,7 @@ def _settle_from_lookup(task, ref: BatchRef, index: int, decision: Decision, con
         timing.UNKNOWN.labels(str(since_call_s > provider.final_deadline_s).lower()).inc()
         log.warning("settle outcome unknown; asking the provider again",
                     extra={**context, "outcome": "unknown"})
-        raise task.retry(countdown=get_settings().timing.unknown_countdown_s(
+        raise _retry(task, ref, countdown=get_settings().timing.unknown_countdown_s(
             provider.final_deadline_s, since_call_s))
     return _done(outcome, context, started, level=logging.WARNING)
 
@@ -177,10 +184,10 @@ def _archived_duplicate(task, ref: BatchRef, index: int, external_id: str, conte
         paid = None
     if paid is None:
         SETTLE_RETRIES.labels("ledger").inc()
-        raise task.retry(countdown=random.uniform(2.0, 5.0))
+        raise _retry(task, ref, countdown=random.uniform(2.0, 5.0))
     outcome = get_store().record_archived_duplicate(ref, index, paid)
     if outcome == "changed":  # the archived claim changed meanwhile: decide again
-        raise task.retry(countdown=0.05)
+        raise _retry(task, ref, countdown=0.05)
     return _done(outcome, context, started)
 
 
@@ -197,4 +204,4 @@ def _wait(task, ref: BatchRef, context: dict, waiting_since: float | None, reaso
                      time.monotonic(), level=logging.WARNING)
     SETTLE_RETRIES.labels("waiting").inc()
     countdown = settings.timing.waiting_countdown_s(task.request.retries)
-    raise task.retry(kwargs={"waiting_since": waiting_since}, countdown=countdown)
+    raise _retry(task, ref, kwargs={"waiting_since": waiting_since}, countdown=countdown)

@@ -98,6 +98,26 @@ def test_a_publisher_killed_while_waiting_its_turn_loses_nothing(make_stack, bro
 
 
 @BROKERS
+def test_a_retry_does_not_wait_behind_its_clients_backlog(make_stack, broker):
+    """Item 0 times out twice (backoffs of 2.5-5 s, longer than settle waits inside a task, so
+    each goes through the broker) at the head of 3,000 items (~30 s at 100 items/s). Through the
+    client's retry queue it is paid while most of the batch still waits; through the client's own
+    queue each retry would wait behind every item queued after it, and it would end last."""
+    stack = make_stack(broker, **SLOW, PAYOUTS_VISIBILITY_TIMEOUT_S="20",
+                       PAYOUTS_RETRY_BACKOFF_BASE_S="5", PAYOUTS_RETRY_BACKOFF_MAX_S="5")
+    stack.start_service()
+    batch = items("r1", 1, pix_key="timeout.twice@pix.test") + items("r1", 2999, start=1)
+    assert stack.post("r1", batch).status_code == 202
+
+    first = wait_for(lambda: (r := stack.report("r1"))["details"][0]["status"] == "paid" and r, 120,
+                     "item 0 paid")
+
+    assert first["details"][0]["attempts"] == 3
+    assert first["processed"] < 2000  # the backlog was still ahead of the retries' old place
+    stack.assert_exactly_once(["r1"], timeout=180)
+
+
+@BROKERS
 def test_exactly_once_when_a_worker_dies_serving_two_clients(make_stack, broker):
     stack = make_stack(broker, **SLOW)
     worker = stack.start_service()

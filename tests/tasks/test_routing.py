@@ -17,11 +17,11 @@ from payouts_tasks.batches import batch_chord
 from payouts_tasks.routing import (
     BATCH_QUEUE,
     WEBHOOK_QUEUE,
+    client_queues,
     known_clients,
     publishing_turn,
     register_client,
     route_task,
-    settle_queue,
     turn_wait_max_s,
 )
 
@@ -35,9 +35,11 @@ def test_each_task_waits_in_its_queue():
 
 
 def test_a_client_name_cannot_reach_another_queue_or_a_topic_wildcard():
-    names = {settle_queue(c) for c in ("a", "a.b", "a#", "a*", "a:b", "a%2A")}
-    assert len(names) == 6
+    clients = ("a", "a.b", "a#", "a*", "a:b", "a%2A", "a.retry", "retry.a", "settle.a")
+    names = {q for c in clients for q in client_queues(c)}
+    assert len(names) == 2 * len(clients)
     assert not any(ch in n for n in names for ch in "*#:")
+    assert client_queues("acme") == ("payouts.retry.acme", "payouts.settle.acme")
 
 
 def test_celery_routes_a_chord_to_its_clients_queue():

@@ -61,11 +61,14 @@ def test_a_long_backoff_goes_back_to_the_broker(store, uid, monkeypatch):
     import payouts_core.timing_rules as timing_rules
 
     monkeypatch.setattr(timing_rules, "IN_TASK_RETRY_MAX_S", 0.0)
+    sent, retry = {}, settle.retry
+    monkeypatch.setattr(settle, "retry", lambda **options: sent.update(options) or retry(**options))
     ref = open_batch(store, f"br-{uid}", "timeout.twice@pix.test", f"br-{uid}")
 
     with pytest.raises(Retry):
         settle.run(CLIENT, ref.batch_id, 0)
     assert (item(store, ref)["status"], item(store, ref)["attempts"]) == ("processing", 1)
+    assert sent["queue"] == f"payouts.retry.{CLIENT}"  # not behind the client's queued items
 
 
 def test_no_answer_is_unknown_until_the_final_deadline_then_failed(store, provider, uid, monkeypatch):
