@@ -49,8 +49,8 @@ import redis
 from standardwebhooks import Webhook
 
 from payouts_core.rules import encode_id
-from payouts_core.scripts import Transition, script_text
-from payouts_core.store import LUA_CONSTANTS, BatchRef, batch_keys, newest_first
+from payouts_core.scripts import script_text
+from payouts_core.store import BatchRef, TransitionScript, batch_keys, newest_first
 from payouts_core.text import as_str as _s
 from payouts_core.text import utcnow
 
@@ -237,10 +237,11 @@ class LedgerEvent:
 class WebhookStore:
     """The webhook keys: endpoints per client, events once per fact, deliveries and their log."""
 
+    _end_webhook_attempt = TransitionScript()
+
     def __init__(self, client: redis.Redis):
         self.client = client
         self._emit = client.register_script(script_text("emit_event.lua"))
-        self._end_attempt = Transition(client, "end_webhook_attempt", LUA_CONSTANTS)
 
     def _endpoints_key(self, client: str) -> str:
         return f"{PREFIX}endpoints:{encode_id(client)}"
@@ -450,7 +451,7 @@ class WebhookStore:
         reply, or a second worker ending the attempt after the first ended it as final)."""
         key = self._delivery_key(client, delivery_id)
         event_key = batch_keys(BatchRef(client, ledger.batch_id))[0] if ledger else key
-        return bool(self._end_attempt(
+        return bool(self._end_webhook_attempt(
             [key, DUE, self._lease_key(client, delivery_id), event_key],
             status=status, code=status_code or None, error=error[:300], next_ms=next_attempt_ms,
             due_ms=due_ms, attempts=attempts, member=f"{encode_id(client)}:{delivery_id}",
