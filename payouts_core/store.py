@@ -92,6 +92,21 @@ LUA_CONSTANTS = {
 }
 
 
+class TransitionScript:
+    """A store's attribute that runs the script it is named after (`_record_paid`: record_paid.lua,
+    with LUA_CONSTANTS) on the store's `client`: the name is written once, so an attribute cannot
+    point at another script. Built on first use, then kept in the store's own attributes."""
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute, self.script = attribute, attribute.removeprefix("_")
+
+    def __get__(self, store, owner: type | None = None):
+        if store is None:
+            return self
+        transition = store.__dict__[self.attribute] = Transition(store.client, self.script, LUA_CONSTANTS)
+        return transition
+
+
 class BatchConflict(Exception):
     """The batch_id exists with a different payload: a batch_id names one payload forever."""
 
@@ -213,22 +228,23 @@ def _report_head(header: dict) -> dict:
 class PayoutStore:
     """Batches, item statuses and claims in Redis; every money-relevant write is atomic."""
 
+    # One script per transition (payouts_core/model.py names the same steps).
+    _begin_settlement = TransitionScript()
+    _record_paid = TransitionScript()
+    _record_failed = TransitionScript()
+    _record_archived_duplicate = TransitionScript()
+    _note_event = TransitionScript()
+    _existing_batch = TransitionScript()
+    _conflicting_claims = TransitionScript()
+    _take_over_publishing = TransitionScript()
+    _open_batch = TransitionScript()
+    _discard_batch = TransitionScript()
+    _complete_batch = TransitionScript()
+    _retire_claims = TransitionScript()
+    _retire_batch = TransitionScript()
+
     def __init__(self, client: redis.Redis):
         self.client = client
-        # One script per transition (payouts_core/model.py names the same steps).
-        self._begin_settlement = Transition(client, "begin_settlement", LUA_CONSTANTS)
-        self._record_paid = Transition(client, "record_paid", LUA_CONSTANTS)
-        self._record_failed = Transition(client, "record_failed", LUA_CONSTANTS)
-        self._record_archived_duplicate = Transition(client, "record_archived_duplicate", LUA_CONSTANTS)
-        self._note_event = Transition(client, "note_event", LUA_CONSTANTS)
-        self._existing_batch = Transition(client, "existing_batch", LUA_CONSTANTS)
-        self._conflicting_claims = Transition(client, "conflicting_claims", LUA_CONSTANTS)
-        self._take_over_publishing = Transition(client, "take_over_publishing", LUA_CONSTANTS)
-        self._open_batch = Transition(client, "open_batch", LUA_CONSTANTS)
-        self._discard_batch = Transition(client, "discard_batch", LUA_CONSTANTS)
-        self._complete_batch = Transition(client, "complete_batch", LUA_CONSTANTS)
-        self._retire_claims = Transition(client, "retire_claims", LUA_CONSTANTS)
-        self._retire_batch = Transition(client, "retire_batch", LUA_CONSTANTS)
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> PayoutStore:

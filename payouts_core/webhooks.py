@@ -8,6 +8,10 @@ period. Chosen over a home-made header because receivers verify it with a publis
 any language (`standardwebhooks` on PyPI), and the id in the signed text stops replays under
 another id.
 
+A batch event's final delivery outcome also joins the batch's trail in the ledger: the script
+that ends the attempt appends it to the outbox through lib.lua's `record_event`, the one writer
+of outbox events, so the store's event format and sequence stay its own.
+
 Keys ({c} = encoded client; everything expires after RETENTION_S):
 - `payouts:webhook:endpoints:{c}`          hash: endpoint id -> JSON (url, events, secrets)
 - `payouts:webhook:emitted:{c}:{fact}`     the event id emitted for a fact (one per batch)
@@ -46,7 +50,7 @@ from standardwebhooks import Webhook
 
 from payouts_core.rules import encode_id
 from payouts_core.scripts import script_text
-from payouts_core.store import newest_first
+from payouts_core.store import BatchRef, TransitionScript, batch_keys, newest_first
 from payouts_core.text import as_str as _s
 from payouts_core.text import utcnow
 
@@ -221,8 +225,19 @@ class Attempt:
     window_start_ms: int
 
 
+@dataclass(frozen=True)
+class LedgerEvent:
+    """A batch event's final delivery outcome, as it joins the batch's trail (SPEC §10)."""
+
+    batch_id: str
+    event_type: str  # webhook.delivered or webhook.failed
+    detail: dict
+
+
 class WebhookStore:
     """The webhook keys: endpoints per client, events once per fact, deliveries and their log."""
+
+    _end_webhook_attempt = TransitionScript()
 
     def __init__(self, client: redis.Redis):
         self.client = client
@@ -424,27 +439,23 @@ class WebhookStore:
 
     def end_attempt(self, client: str, delivery_id: str, status: str, status_code: int | None,
                     error: str, next_attempt_ms: int | None = None, due_ms: int | None = None,
-                    attempts: int | None = None) -> None:
+                    attempts: int | None = None, ledger: LedgerEvent | None = None) -> bool:
         """Record one attempt: `delivered`/`failed`/`refused` are final; `pending` is tried again
         at next_attempt_ms (the sweeper sends it at due_ms if no message does before).
 
         `attempts` is the count including this attempt (None: no request was sent), written, not
-        incremented: the store client replays a transaction whose answer a Redis restart lost."""
+        incremented. `ledger`: the batch event a final outcome adds to the batch's trail, in the
+        same script (end_webhook_attempt.lua), so the two are recorded together or not at all.
+        Returns False when nothing was recorded: the delivery was no longer pending or a later
+        attempt was recorded (a call the store client replays after a Redis restart lost its
+        reply, or a second worker ending the attempt after the first ended it as final)."""
         key = self._delivery_key(client, delivery_id)
-        member = f"{encode_id(client)}:{delivery_id}"
-        with self.client.pipeline(transaction=True) as pipe:
-            if attempts is not None:
-                pipe.hset(key, "attempts", attempts)
-            pipe.hset(key, mapping={"status": status, "last_status_code": status_code or "",
-                                    "last_error": error[:300],
-                                    "next_attempt_ms": next_attempt_ms or "",
-                                    "completed_ms": "" if status == "pending" else _ms()})
-            if status == "pending":
-                pipe.zadd(DUE, {member: due_ms or next_attempt_ms})
-            else:
-                pipe.zrem(DUE, member)
-            pipe.delete(self._lease_key(client, delivery_id))
-            pipe.execute()
+        event_key = batch_keys(BatchRef(client, ledger.batch_id))[0] if ledger else key
+        return bool(self._end_webhook_attempt(
+            [key, DUE, self._lease_key(client, delivery_id), event_key],
+            status=status, code=status_code or None, error=error[:300], next_ms=next_attempt_ms,
+            due_ms=due_ms, attempts=attempts, member=f"{encode_id(client)}:{delivery_id}",
+            event={"type": ledger.event_type, "detail": ledger.detail} if ledger else None))
 
     def take_due(self, now_ms: int, grace_ms: int, limit: int = 500) -> list[tuple[str, str]]:
         """(client, delivery id) of deliveries no message is known to carry, due by now: each is

@@ -1,9 +1,11 @@
 """The Celery application: `celery -A payouts_tasks worker` finds it as `payouts_tasks.app`."""
 
+import importlib
 import logging
 import math
 import sys
 
+import psycopg.waiting
 from celery import Celery, Task
 from celery.signals import (
     celeryd_init,
@@ -75,6 +77,20 @@ def _log_task_context(task_id=None, task=None, **_kwargs) -> None:
 @task_postrun.connect
 def _clear_task_context(**_kwargs) -> None:
     task_context_var.set(None)
+
+
+@worker_init.connect
+def _psycopg_yields_to_gevent(**_kwargs) -> None:
+    """psycopg chooses how it waits on its socket when psycopg.waiting is imported: the gevent
+    hub's way only if gevent has patched `select` by then (psycopg docs, "Gevent support"). A
+    gevent worker imports it halfway through Celery's patch_all: gevent's scan for existing
+    locks touches Celery's current_app proxy, whose default app loads `celeryconfig`, which
+    imports this package. psycopg then chose its C wait, which held every greenlet of the
+    worker for the whole of each query (a 1 s query: 0 ticks of a 10 ms ticker, 100 now:
+    tests/tasks/test_gevent_psycopg.py). Its choice is made again once the patch is complete."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        importlib.reload(psycopg.waiting)
 
 
 # The launcher (payouts-worker) does not restart a child that exits with this: only

@@ -34,6 +34,7 @@ from payouts_core.store import BatchRef
 from payouts_core.webhooks import (
     Attempt,
     DestinationRefused,
+    LedgerEvent,
     WebhookStore,
     allowed_ports,
     parse_url,
@@ -241,32 +242,30 @@ def _attempt(settings: Settings, store: WebhookStore, attempt: Attempt) -> tuple
     except (OSError, HTTPException, urllib3.exceptions.HTTPError) as exc:  # DNS, TLS, deadline, garbled
         return _retry(settings, store, attempt, None, f"{type(exc).__name__}: {exc}"[:300], None)
     if 200 <= code < 300:
-        store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number)
-        _note_in_ledger(attempt, "webhook.delivered", number, code)
+        store.end_attempt(client, delivery_id, "delivered", code, "", attempts=number,
+                          ledger=_ledger_event(attempt, "webhook.delivered"))
         DELIVERIES.labels("delivered").inc()
         log.info("webhook delivered", extra={**context, "status_code": code})
         return "delivered", None
     error = f"HTTP {code}" + (f": {answer}" if answer else "")
     if code != 429 and code < 500:
-        store.end_attempt(client, delivery_id, "failed", code, error, attempts=number)
-        _note_in_ledger(attempt, "webhook.failed", number, code)
+        store.end_attempt(client, delivery_id, "failed", code, error, attempts=number,
+                          ledger=_ledger_event(attempt, "webhook.failed"))
         DELIVERIES.labels("failed").inc()
         log.warning("webhook answered %s: not retried", code, extra=context)
         return "failed", None
     return _retry(settings, store, attempt, code, error, _retry_after_s(retry_after_header))
 
 
-def _note_in_ledger(attempt: Attempt, event_type: str, number: int, code: int | None) -> None:
-    """A batch event's final delivery outcome joins the batch's trail in the ledger (SPEC §10).
-    Recorded after the delivery's own record: a crash between the two loses this ledger event
-    (the delivery log keeps the outcome), never records it twice."""
+def _ledger_event(attempt: Attempt, event_type: str) -> LedgerEvent | None:
+    """What a batch event's final delivery outcome adds to the batch's trail in the ledger (SPEC
+    §10); end_attempt records it with the outcome, in one step. None for other events."""
     event = json.loads(attempt.body)
     batch_id = event.get("data", {}).get("batch_id")
-    if batch_id is not None:
-        get_store().note_event(BatchRef(attempt.client, batch_id), -1, event_type, number,
-                               None if code is None else str(code),
-                               {"delivery_id": attempt.delivery_id, "event_id": event["id"],
-                                "event_type": event["type"]})
+    if batch_id is None:
+        return None
+    return LedgerEvent(batch_id, event_type, {"delivery_id": attempt.delivery_id,
+                                              "event_id": event["id"], "event_type": event["type"]})
 
 
 def _retry(settings: Settings, store: WebhookStore, attempt: Attempt, code: int | None, error: str,
@@ -278,8 +277,7 @@ def _retry(settings: Settings, store: WebhookStore, attempt: Attempt, code: int 
     next_ms = int((time.time() + delay) * 1000)
     if next_ms > attempt.window_start_ms + settings.webhook_retry_window_s * 1000:
         store.end_attempt(client, delivery_id, "failed", code, f"{error} (retry window over)",
-                          attempts=number)
-        _note_in_ledger(attempt, "webhook.failed", number, code)
+                          attempts=number, ledger=_ledger_event(attempt, "webhook.failed"))
         DELIVERIES.labels("failed").inc()
         log.warning("webhook given up after %s attempts", number, extra=context)
         return "failed", None

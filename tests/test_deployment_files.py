@@ -562,3 +562,17 @@ def test_the_archivers_metrics_port_is_not_a_workers():
     settings = Settings.from_env({})
     workers = range(settings.worker_metrics_port, settings.worker_metrics_port + MAX_WORKER_PROCESSES)
     assert settings.ledger.archiver_metrics_port not in workers
+
+
+def test_readme_sections_are_unique_and_every_cited_one_exists():
+    """Comments and docs cite README sections by name (README "Webhooks"); each must be a heading
+    of the README, and no heading twice (two operations sections had grown apart)."""
+    headings = re.findall(r"^#{2,4} (.+)$", read("README.md"), flags=re.M)
+    assert len(headings) == len(set(headings)), sorted(h for h in headings if headings.count(h) > 1)
+    assert [h for h in headings if h.lower().startswith("operat")] == ["Operations"]
+    sources = [path for path in ROOT.rglob("*") if path.is_file()
+               and (path.suffix in (".py", ".md", ".yml", ".cfg", ".toml") or path.name == ".env.example")
+               and not {".venv", ".git"} & set(path.relative_to(ROOT).parts[:1])]
+    cited = {(path.name, m) for path in sources
+             for m in re.findall(r"README(?:'s)? \"([^\"]+)\"", path.read_text(errors="replace"))}
+    assert cited and not [(name, m) for name, m in cited if m not in headings]

@@ -158,9 +158,16 @@ class LedgerReads:
             self._pool = None
 
     @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection]:
+        """A connection of the process's pool, raising psycopg's own errors (a pool wait past the
+        timeout is PoolTimeout, an OperationalError): for callers that handle them themselves."""
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         try:
-            with self._get_pool().connection() as conn:
+            with self.pooled() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise LedgerUnavailable(f"the ledger database is not answering ({type(exc).__name__})") \

@@ -8,29 +8,16 @@ duplicate or a reuse. Where an archived payment is (for `duplicate_of`) is asked
 
 from __future__ import annotations
 
-import threading
-
-import psycopg
-
+from payouts_core.ledger.reads import shared
 from payouts_core.store import BatchRef
-
-_lock = threading.Lock()
-_connections: dict[str, psycopg.Connection] = {}
 
 
 def _query(database_url: str, sql: str, params: tuple) -> tuple | None:
-    """One row, on one autocommit connection per process: these reads are rare (a sweep, an
-    archived duplicate) and short, so a gevent worker's greenlets take turns on it."""
-    with _lock:
-        conn = _connections.get(database_url)
-        if conn is None or conn.closed:
-            conn = _connections[database_url] = psycopg.connect(database_url, autocommit=True,
-                                                                connect_timeout=5)
-        try:
-            return conn.execute(sql, params).fetchone()
-        except psycopg.OperationalError:
-            conn.close()
-            raise
+    """One row, on the process's ledger pool (`reads.shared`: one per process, opened again after
+    a fork, the reads' timeouts). psycopg's errors pass through: settle and the sweeper take any
+    of them for the ledger being unreachable and try again later."""
+    with shared(database_url).pooled() as conn:
+        return conn.execute(sql, params).fetchone()
 
 
 def ledger_holds(database_url: str, ref: BatchRef, facts: dict) -> bool:

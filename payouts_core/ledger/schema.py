@@ -45,12 +45,12 @@ def current_revision(url: str) -> str | None:
 
 def upgrade(url: str) -> tuple[str | None, str]:
     """Migrate to the newest schema (idempotent; concurrent runs queue on a lock).
-    Returns (revision before, revision after)."""
+    Returns (revision before, revision after), both read under the lock (migrations/env.py)."""
     from alembic import command  # noqa: PLC0415 - only the migrating command needs it
 
-    before = current_revision(url)
-    command.upgrade(_config(url), "head")
-    return before, current_revision(url)
+    config = _config(url)
+    command.upgrade(config, "head")
+    return config.attributes["revision_before"], config.attributes["revision_after"]
 
 
 def check_schema(url: str) -> None:

@@ -4,8 +4,11 @@ external_ids stay paid (or failed, with their generation) forever as archived cl
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 from urllib.parse import quote
 
+import psycopg
 import pytest
 
 from payouts_core.ledger.archiver import Archiver
@@ -21,6 +24,7 @@ from payouts_core.store import (
     client_batches_key,
     fingerprint,
 )
+from payouts_devstack import free_port
 
 MAX_ATTEMPTS = 6
 
@@ -183,3 +187,48 @@ def test_the_outbox_is_empty_after_the_archive(store, archive, own_redis):
     archive()
     assert own_redis.xlen(OUTBOX) == 0
 
+
+def _retention_read_in_a_child(ledger_db: str, external_id: str, answers) -> None:
+    from payouts_core.ledger.reads import shared
+
+    found = paid_item(ledger_db, "acme", external_id)
+    answers.put((found, shared(ledger_db)._pid == os.getpid()))
+    shared(ledger_db).close()
+
+
+def test_retention_reads_go_through_the_process_ledger_pool(store, archive, ledger_db, uid):
+    """ledger_holds and paid_item take a connection of the process's reader pool (reads.shared:
+    one connection setup and timeout policy), and a forked child (a prefork worker) opens its own
+    instead of using its parent's connection."""
+    from payouts_core.ledger.reads import shared
+
+    ref = new_batch(store, f"pool-{uid}", [f"p-{uid}"])
+    settle_all(store, ref, ["E-p"])
+    archive()
+    requests = shared(ledger_db)._get_pool().get_stats().get("requests_num", 0)
+
+    assert ledger_holds(ledger_db, ref, store.retention_facts(ref))
+    assert paid_item(ledger_db, "acme", f"p-{uid}")["e2e_id"] == "E-p"
+    assert shared(ledger_db)._get_pool().get_stats()["requests_num"] == requests + 2
+
+    fork = multiprocessing.get_context("fork")
+    answers = fork.Queue()
+    child = fork.Process(target=_retention_read_in_a_child, args=(ledger_db, f"p-{uid}", answers))
+    child.start()
+    found, own_pool = answers.get(timeout=30)
+    child.join(timeout=30)
+    assert child.exitcode == 0 and own_pool and found["e2e_id"] == "E-p"
+    assert paid_item(ledger_db, "acme", f"p-{uid}")["e2e_id"] == "E-p"  # the parent's still serves
+
+
+def test_an_unreachable_ledger_raises_a_psycopg_error_for_settle_and_the_sweeper():
+    """Settle and the sweeper catch psycopg.Error to try again later: the pool's errors stay
+    psycopg's (a pool wait past its timeout is PoolTimeout), never the API's LedgerUnavailable."""
+    from payouts_core.ledger.reads import shared
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/payouts"
+    try:
+        with pytest.raises(psycopg.Error):
+            paid_item(url, "acme", "x")
+    finally:
+        shared(url).close()

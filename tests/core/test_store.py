@@ -293,3 +293,27 @@ def test_distinct_ids_and_clients_give_disjoint_keys(client_a, id_a, client_b, i
     key = idempotency_key(client_a, id_a, 3)
     assert parse_idempotency_key(key) == (client_a, id_a, 3)
     assert BatchRef.from_member(BatchRef(client_a, id_a).member) == (client_a, id_a)
+
+
+def test_every_transition_script_is_declared_once_and_runs_on_the_stores_client(store):
+    """Each store attribute declared as a TransitionScript runs the script it is named after; every
+    script in payouts_core/lua but lib.lua (the shared prelude) and emit_event.lua (registered
+    without it) is declared by exactly one store, so none is orphaned or loaded twice."""
+    from importlib.resources import files
+
+    from payouts_core.scripts import Transition
+    from payouts_core.store import TransitionScript
+    from payouts_core.webhooks import WebhookStore
+
+    declared = [(cls, attr, value.script) for cls in (PayoutStore, WebhookStore)
+                for attr, value in vars(cls).items() if isinstance(value, TransitionScript)]
+    scripts = sorted(p.name.removesuffix(".lua") for p in files("payouts_core").joinpath("lua").iterdir()
+                     if p.name.endswith(".lua") and p.name not in ("lib.lua", "emit_event.lua"))
+    assert sorted(script for _, _, script in declared) == scripts
+    assert all(attr == f"_{script}" for _, attr, script in declared)
+
+    transition = store._note_event
+    assert isinstance(transition, Transition) and transition.name == "note_event"
+    assert store._note_event is transition  # built once per store
+    assert transition._script.registered_client is store.client
+    assert not store._note_event([batch_keys(ref("none"))[0]], index=-1, type="probe")  # it runs

@@ -138,10 +138,13 @@ def test_migration_run_twice_and_concurrently(make_stack):
 
     assert first.returncode == 0 and "none -> " in first.stdout, first.stderr
     assert second.returncode == 0 and "already at" in second.stdout, second.stderr
-    # Unserialized, the second CREATE TABLE would fail ("already exists"): all three succeed.
-    # (Each reads the revision it reports as "before" ahead of the lock, so their messages may
-    # all say "none ->"; the database says what happened.)
+    # Unserialized, the second CREATE TABLE would fail ("already exists"): all three succeed,
+    # and each reports the revision it found under the lock: one migrated, two found it done.
     assert [c.returncode for c in concurrent] == [0, 0, 0], [c.stderr[-500:] for c in concurrent]
+    head = head_revision()
+    assert sorted(c.stdout for c in concurrent) == [
+        f"ledger schema already at {head}\n", f"ledger schema already at {head}\n",
+        f"ledger schema upgraded: none -> {head}\n"]
     assert current_revision(twice) == current_revision(together) == head_revision()
     with psycopg.connect(together) as conn:
         assert conn.execute("SELECT count(*) FROM ledger_schema_version").fetchone() == (1,)

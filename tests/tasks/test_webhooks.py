@@ -4,6 +4,7 @@ batch. The Celery task only wraps `attempt_delivery`; tests/e2e/test_webhooks.py
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -13,7 +14,8 @@ from standardwebhooks import Webhook
 
 from payouts_core.resources import store_client
 from payouts_core.settings import get_settings
-from payouts_core.webhooks import DUE, WebhookStore
+from payouts_core.store import OUTBOX, BatchRef, Order, batch_keys, fingerprint
+from payouts_core.webhooks import DUE, LedgerEvent, WebhookStore
 from payouts_tasks.webhooks import attempt_delivery, backoff_s
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver
@@ -353,26 +355,85 @@ def test_one_clients_slow_receivers_take_at_most_its_in_flight_cap(hooks, uid):
         fast.stop()
 
 
-def test_a_batch_events_delivery_outcome_joins_the_batch_trail(hooks, receiver, uid, store):
-    """The delivered outcome (after a retry) becomes one batch event in the outbox, in the
-    batch's sequence; the retry itself is in the delivery log, not the ledger."""
-    import json as _json
-
-    from payouts_core.store import OUTBOX, BatchRef, Order, batch_keys, fingerprint
-
+def batch_with_delivery(hooks, store, receiver, uid) -> tuple[BatchRef, str, str]:
+    """(batch, client, delivery id): an accepted batch and one delivery of its batch event."""
     client = f"t{uid}"
     ref = BatchRef(client, uid)
     store.create_batch(ref, fingerprint({"u": uid}), [Order(0, f"w-{uid}", "u", 1, "a@b.com", "a***")],
                        lease_token="t")
-    receiver.script = [500, 200]
     _, _, delivery_id = one_delivery(hooks, uid, receiver.url)
+    return ref, client, delivery_id
+
+
+def batch_trail(store, ref) -> list[dict]:
+    """The batch's events in the outbox (the ledger's trail before the archiver takes them)."""
+    events = [json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)]
+    return [e for e in events if e["m"] == ref.member]
+
+
+def test_a_batch_events_delivery_outcome_joins_the_batch_trail(hooks, receiver, uid, store):
+    """The delivered outcome (after a retry) becomes one batch event in the outbox, in the
+    batch's sequence; the retry itself is in the delivery log, not the ledger."""
+    receiver.script = [500, 200]
+    ref, client, delivery_id = batch_with_delivery(hooks, store, receiver, uid)
     assert run_until_final(client, delivery_id) == ["retry", "delivered"]
 
-    member = ref.member
-    events = [_json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)
-              if _json.loads(fields[b"e"])["m"] == member]
+    events = batch_trail(store, ref)
     assert [(e["t"], e["i"], e.get("a"), e.get("k")) for e in events] == [
         ("batch.accepted", -1, None, None), ("webhook.delivered", -1, 2, "200")]
     assert events[1]["d"] == {"delivery_id": delivery_id, "event_id": events[1]["d"]["event_id"],
                               "event_type": "batch.completed"}
     assert store.client.hget(batch_keys(ref)[0], "events") == b"2"
+
+
+class Crash(BaseException):
+    """The worker dying: nothing after it runs (BaseException: no handler of the task catches it)."""
+
+
+@pytest.mark.parametrize(("answer", "status", "event_type"), [(200, "delivered", "webhook.delivered"),
+                                                              (410, "failed", "webhook.failed")])
+def test_a_crash_right_after_the_outcome_is_recorded_keeps_its_ledger_event(
+        hooks, receiver, uid, store, monkeypatch, answer, status, event_type):
+    """The worker dies as soon as the delivery's outcome is in Redis: the ledger event is already
+    there with it (it was written after it, and lost by such a crash), and the redelivered task
+    finds the delivery done and records nothing twice."""
+    receiver.script = [answer]
+    ref, client, delivery_id = batch_with_delivery(hooks, store, receiver, uid)
+    end_attempt = WebhookStore.end_attempt
+
+    def end_then_die(self, *args, **kwargs):
+        end_attempt(self, *args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(WebhookStore, "end_attempt", end_then_die)
+    with pytest.raises(Crash):
+        attempt_delivery(LOOPBACK, client, delivery_id)
+    monkeypatch.undo()
+
+    assert hooks.delivery(client, delivery_id)["status"] == status
+    assert [(e["t"], e.get("a")) for e in batch_trail(store, ref)] == [
+        ("batch.accepted", None), (event_type, 1)]
+    assert attempt_delivery(LOOPBACK, client, delivery_id) == ("done", None)
+    assert len(batch_trail(store, ref)) == 2 and len(receiver.received) == 1
+
+
+def test_an_outcome_recorded_again_adds_no_ledger_event(hooks, receiver, uid, store):
+    """The end of an attempt is applied once: the store client's replay of it (a reply lost in a
+    Redis restart), or a second worker ending the same attempt (its lease had lapsed), records
+    nothing more; the first final outcome stands."""
+    ref, client, delivery_id = batch_with_delivery(hooks, store, receiver, uid)
+    assert run_until_final(client, delivery_id) == ["delivered"]
+    ledger = LedgerEvent(uid, "webhook.delivered", {"delivery_id": delivery_id})
+
+    assert not hooks.end_attempt(client, delivery_id, "delivered", 200, "", attempts=1, ledger=ledger)
+    assert not hooks.end_attempt(client, delivery_id, "failed", 503, "HTTP 503 (retry window over)",
+                                 attempts=1, ledger=replace(ledger, event_type="webhook.failed"))
+    now_ms = int(time.time() * 1000)
+    assert not hooks.end_attempt(client, delivery_id, "pending", 503, "HTTP 503", now_ms, now_ms,
+                                 attempts=1)
+
+    log = hooks.delivery(client, delivery_id)
+    assert (log["status"], log["attempts"], log["last_status_code"]) == ("delivered", 1, 200)
+    assert [e["t"] for e in batch_trail(store, ref)] == ["batch.accepted", "webhook.delivered"]
+    assert store.client.hget(batch_keys(ref)[0], "events") == b"2"
+    assert hooks.client.zscore(DUE, f"{client}:{delivery_id}") is None
