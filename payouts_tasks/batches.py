@@ -22,10 +22,14 @@ from payouts_core.value_caps import DailyValue, batch_value, check_batch_value
 from payouts_tasks.aggregate import aggregate
 from payouts_tasks.celery_app import app
 from payouts_tasks.chord_messages import publish_chord
-from payouts_tasks.routing import publishing_turn, register_client, turn_wait_max_s
+from payouts_tasks.routing import leave_turn, publishing_turn, register_client, take_turn, turn_wait_max_s
 from payouts_tasks.settle import settle
 
 log = logging.getLogger(__name__)
+
+# The publishing lease's length (store.create_batch's default): a batch's turn stays live this
+# long while its publish message waits for a worker.
+PUBLISH_LEASE_S = 60
 
 
 def batch_chord(ref: BatchRef, indexes: Sequence[int]) -> chord:
@@ -52,33 +56,37 @@ def publish_batch(ref: BatchRef, total: int) -> str:
 
 
 @app.task(bind=True, name="payouts.publish", max_retries=None, ignore_result=True)
-def publish(self, client: str, batch_id: str, total: int, lease: str = "") -> str:
+def publish(self, client: str, batch_id: str, total: int, lease: str = "",
+            turn: int | None = None) -> str:
     """Publish an accepted batch's chord, off the request path.
 
     The API answers 202 once the batch is durably written and this one small message is in the
     broker; publishing 10,000 chord messages took 7.4 s inside the request. The batch is opened
-    first (its lease spent: nobody else publishes it), then waits for the client's earlier
-    batches to be published (routing.publishing_turn), then its items settle as their messages
-    arrive. A redelivery after a crash mid-publish publishes the chord again (settle is
-    idempotent per item); a publish whose lease a replay or the sweeper took over (its message
-    outlived the lease), or that finds the batch published, does nothing: one chord per batch.
+    first (its lease spent: nobody else publishes it), then waits for the client's batches
+    accepted before it to be published (`turn`, its ticket: routing.publishing_turn), then its
+    items settle as their messages arrive. A redelivery after a crash mid-publish publishes the
+    chord again (settle is idempotent per item); a publish whose lease a replay or the sweeper
+    took over (its message outlived the lease), or that finds the batch published, does nothing:
+    one chord per batch.
     """
     store = get_store()
     ref = BatchRef(client, batch_id)
     if not store.open_batch(ref, lease):
+        if turn is not None:
+            leave_turn(client, turn)  # its batch is published or taken over: no one waits for it
         return "skipped"
     asked = time.monotonic()
-    with publishing_turn(client, wait_max_s=turn_wait_max_s(get_settings()),
+    with publishing_turn(client, wait_max_s=turn_wait_max_s(get_settings()), ticket=turn,
                          keep_alive=lambda: store.touch_progress(ref)):
-        turn = time.monotonic()
+        began = time.monotonic()
         try:
             publish_batch(ref, total)
         except OperationalError as exc:  # the broker went away mid-publish: publish again later
             raise self.retry(countdown=1, exc=exc) from exc
         store.mark_published(ref)
     log.info("batch published", extra={"client": client, "batch_id": batch_id, "items": total,
-                                       "turn_wait_s": round(turn - asked, 3),
-                                       "publish_s": round(time.monotonic() - turn, 3)})
+                                       "turn_wait_s": round(began - asked, 3),
+                                       "publish_s": round(time.monotonic() - began, 3)})
     return "published"
 
 
@@ -102,7 +110,8 @@ def accept_batch(store: PayoutStore, ref: BatchRef, payload_fingerprint: str,
         reservation = _reserve_value(store, ref, orders, max_batch_cents, max_daily_cents)
     lease = uuid.uuid4().hex
     try:
-        created, state = store.create_batch(ref, payload_fingerprint, orders, lease_token=lease)
+        created, state = store.create_batch(ref, payload_fingerprint, orders,
+                                            publish_lease_s=PUBLISH_LEASE_S, lease_token=lease)
         if created:
             try:
                 request_publishing(ref, len(orders), lease)
@@ -139,8 +148,14 @@ def _reserve_value(store: PayoutStore, ref: BatchRef, orders: Sequence[Order],
 
 
 def request_publishing(ref: BatchRef, total: int, lease: str) -> None:
-    """One message: the publish task builds the chord, as the holder of the publishing lease."""
-    publish.apply_async((ref.client, ref.batch_id, total, lease))
+    """One message: the publish task builds the chord, as the holder of the publishing lease,
+    in the batch's turn among its client's batches (taken now: the order they were accepted)."""
+    turn = take_turn(ref.client, live_s=PUBLISH_LEASE_S)
+    try:
+        publish.apply_async((ref.client, ref.batch_id, total, lease), {"turn": turn})
+    except Exception:
+        leave_turn(ref.client, turn)
+        raise
 
 
 def publish_if_abandoned(store: PayoutStore, ref: BatchRef, total: int) -> bool:

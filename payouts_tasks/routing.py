@@ -128,7 +128,7 @@ redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[1]), t)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
 return t
 """
-_BEAT = _NOW + "return redis.call('ZADD', KEYS[1], 'XX', 'CH', now_ms + tonumber(ARGV[2]), ARGV[1])"
+_BEAT = _NOW + "return redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])"
 _MAY_GO = _NOW + """
 local t = tonumber(ARGV[1])
 local served = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -147,36 +147,62 @@ end
 """
 
 
+def _turn_keys(client: str) -> tuple[str, str, str]:
+    """tickets, served, live (see the scripts above)."""
+    name = encode_id(client)
+    return (f"payouts:publish-ticket:{name}", f"payouts:publish-served:{name}",
+            f"payouts:publish-live:{name}")
+
+
+def take_turn(client: str, connection: redis.Redis | None = None,
+              live_s: float = TURN_ALIVE_S) -> int:
+    """The client's next ticket, live for `live_s` unless its holder beats: the API takes it as
+    it accepts a batch (live for the publishing lease, while the publish message waits), so the
+    client's batches publish in the order they were accepted, not in the order their publish
+    tasks happened to start (seen: two of five back-to-back batches swapped on RabbitMQ)."""
+    tickets, _, live = _turn_keys(client)
+    return int((connection or store_client()).eval(_TAKE, 2, tickets, live, int(live_s * 1000),
+                                                   ORDER_KEEP_S))
+
+
+def leave_turn(client: str, ticket: int, connection: redis.Redis | None = None) -> None:
+    """Done with the ticket (published, or never will be): served = max(served, ticket)."""
+    _, served, live = _turn_keys(client)
+    (connection or store_client()).eval(_LEAVE, 2, served, live, ticket, ORDER_KEEP_S)
+
+
 @contextmanager
 def publishing_turn(client: str, connection: redis.Redis | None = None,
-                    wait_max_s: float = TURN_WAIT_MAX_S,
+                    wait_max_s: float = TURN_WAIT_MAX_S, ticket: int | None = None,
                     keep_alive: Callable[[], None] | None = None) -> Iterator[int]:
-    """One client's chords are published one at a time, in the order their publish tasks took a
-    ticket, so each chord's messages are contiguous in the client's FIFO queue and its batches
-    start in their order. Measured without it: five 10,000-item batches posted 0.4 s apart were
-    published concurrently, interleaved, and all completed together at the end.
+    """One client's chords are published one at a time, in ticket order (`ticket`: the one its
+    batch got when accepted; else a new one), so each chord's messages are contiguous in the
+    client's FIFO queue and its batches start in their order. Measured without it: five
+    10,000-item batches posted 0.4 s apart were published concurrently, interleaved, and all
+    completed together at the end.
 
-    A publisher waits as long as an earlier one is alive (each beats every TURN_BEAT_S while it
-    waits or publishes: a RabbitMQ chord of 10,000 takes ~2 s of CPU, longer on a busy worker, so
-    five back to back outwaited a fixed 30 s limit and interleaved), and no longer than
+    A publisher waits as long as an earlier ticket is live (its holder beats every TURN_BEAT_S
+    while it waits or publishes: a RabbitMQ chord of 10,000 takes ~2 s of CPU, longer on a busy
+    worker, so five back to back outwaited a fixed 30 s limit and interleaved), and no longer than
     `wait_max_s`. `keep_alive` runs at each beat (the publish task keeps its batch fresh, so the
     sweeper does not re-drive a batch that is only waiting its turn)."""
     r = connection or store_client()
-    keys = [f"payouts:publish-served:{encode_id(client)}", f"payouts:publish-live:{encode_id(client)}"]
-    ticket = int(r.eval(_TAKE, 2, f"payouts:publish-ticket:{encode_id(client)}", keys[1],
-                        int(TURN_ALIVE_S * 1000), ORDER_KEEP_S))
+    _, served, live = _turn_keys(client)
+    if ticket is None:
+        ticket = take_turn(client, r)
     beating = threading.Event()
-    beat = threading.Thread(target=_beat, args=(r, keys[1], ticket, beating, keep_alive),
+    beat = threading.Thread(target=_beat, args=(r, live, ticket, beating, keep_alive),
                             name=f"publishing-turn-{ticket}", daemon=True)
+    r.eval(_BEAT, 1, live, ticket, int(TURN_ALIVE_S * 1000))  # live while it waits from now on
     beat.start()
     try:
         deadline = time.monotonic() + wait_max_s
-        while not r.eval(_MAY_GO, 2, *keys, ticket) and time.monotonic() < deadline:
+        while not r.eval(_MAY_GO, 2, served, live, ticket) and time.monotonic() < deadline:
             time.sleep(TURN_POLL_S)
         yield ticket
     finally:
         beating.set()
-        r.eval(_LEAVE, 2, *keys, ticket, ORDER_KEEP_S)  # served = max(served, ticket)
+        leave_turn(client, ticket, r)
 
 
 def _beat(r: redis.Redis, live: str, ticket: int, stop: threading.Event,

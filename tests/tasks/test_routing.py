@@ -19,9 +19,11 @@ from payouts_tasks.routing import (
     WEBHOOK_QUEUE,
     client_queues,
     known_clients,
+    leave_turn,
     publishing_turn,
     register_client,
     route_task,
+    take_turn,
     turn_wait_max_s,
 )
 
@@ -91,8 +93,35 @@ def quick_turns(monkeypatch):
 def take_ticket_and_die(client: str) -> int:
     """What a publisher killed right after taking its ticket leaves behind: a live ticket that
     nobody beats."""
-    return int(store_client().eval(routing._TAKE, 2, f"payouts:publish-ticket:{client}",
-                                   f"payouts:publish-live:{client}", 400, 60))
+    return take_turn(client, live_s=0.4)
+
+
+def test_batches_publish_in_the_order_they_were_accepted(uid):
+    """The API takes each batch's ticket as it accepts it: a later batch whose publish task
+    starts first still waits for the earlier one (seen swapped on RabbitMQ before)."""
+    client, order = f"accepted{uid}", []
+    first, second = take_turn(client, live_s=60), take_turn(client, live_s=60)
+
+    def publish(ticket: int) -> None:
+        with publishing_turn(client, ticket=ticket, wait_max_s=30):
+            order.append(ticket)
+
+    late = threading.Thread(target=publish, args=(second,))
+    late.start()
+    time.sleep(0.3)
+    assert order == []  # the second waits for the first, which has not even started
+    publish(first)
+    late.join()
+    assert order == [first, second]
+
+
+def test_a_ticket_whose_batch_is_never_published_is_left(uid):
+    client = f"left{uid}"
+    abandoned = take_turn(client, live_s=60)
+    leave_turn(client, abandoned)  # the publish message could not be sent, or was skipped
+    asked = time.monotonic()
+    with publishing_turn(client, wait_max_s=30):
+        assert time.monotonic() - asked < 1
 
 
 def test_a_dead_publishers_turn_lapses_and_the_next_goes_ahead(uid, quick_turns):
