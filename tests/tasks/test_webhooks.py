@@ -17,7 +17,7 @@ from payouts_core.settings import get_settings
 from payouts_core.store import OUTBOX, BatchRef, Order, batch_keys, fingerprint
 from payouts_core.webhooks import DUE, LedgerEvent, WebhookStore
 from payouts_tasks.webhooks import attempt_delivery, backoff_s
-from tests.conftest import wait_for
+from tests.conftest import ledger_rows, wait_for
 from tests.webhook_receiver import Receiver
 
 LOOPBACK = replace(get_settings(), webhooks_allow_http=True, webhooks_allow_private=True,
@@ -366,9 +366,16 @@ def batch_with_delivery(hooks, store, receiver, uid) -> tuple[BatchRef, str, str
 
 
 def batch_trail(store, ref) -> list[dict]:
-    """The batch's events in the outbox (the ledger's trail before the archiver takes them)."""
-    events = [json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)]
-    return [e for e in events if e["m"] == ref.member]
+    """The batch's batch-level events, in sequence: those still in the outbox and those the
+    session's archiver (started by an earlier test, it drains the session outbox for good) has
+    already moved to the ledger, in the outbox's field names."""
+    archived = {seq: {"t": kind, "i": idx, "s": seq, "a": attempt, "k": code, "d": detail}
+                for seq, idx, kind, attempt, code, detail in ledger_rows(
+                    "SELECT seq, idx, type, attempt, code, detail FROM events"
+                    " WHERE client = %s AND batch_id = %s AND idx = -1", ref.client, ref.batch_id)}
+    waiting = [json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)]
+    trail = archived | {e["s"]: e for e in waiting if e["m"] == ref.member}
+    return [trail[seq] for seq in sorted(trail)]
 
 
 def test_a_batch_events_delivery_outcome_joins_the_batch_trail(hooks, receiver, uid, store):
