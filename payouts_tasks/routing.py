@@ -197,11 +197,13 @@ def publishing_turn(client: str, connection: redis.Redis | None = None,
     beat.start()
     try:
         deadline = time.monotonic() + wait_max_s
-        while not r.eval(_MAY_GO, 2, served, live, ticket) and time.monotonic() < deadline:
+        may_go = r.register_script(_MAY_GO)  # polled every TURN_POLL_S: by its SHA, not its text
+        while not may_go(keys=[served, live], args=[ticket]) and time.monotonic() < deadline:
             time.sleep(TURN_POLL_S)
         yield ticket
     finally:
         beating.set()
+        beat.join()  # no beat after leaving: it would make the ticket live and touch the batch again
         leave_turn(client, ticket, r)
 
 
