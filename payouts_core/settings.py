@@ -456,9 +456,12 @@ class Settings:
             retry_backoff_max_s=backoff_max,
             inflight_wait_max_s=inflight_wait,
             visibility_timeout_s=visibility,
-            # Provider calls in flight per process: a settle mostly waits on the provider, and
-            # 2 x 500 greenlets ran a 2,000-item batch in two waves (docs/BENCHMARKS.md).
-            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1000, minimum=1),
+            # Provider calls in flight per process: enough for what one core carries (~250
+            # items/s x ~1.6 s of provider time and in-task backoff) with headroom. More only
+            # lengthens the event loop's run queue once the CPU is busy, and every task waits
+            # behind it, a neighbour's publish and aggregate too (docs/BENCHMARKS.md, "Worker
+            # concurrency").
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 500, minimum=1),
             worker_processes=worker_processes,
             provider=provider,
             simulator=simulator,
