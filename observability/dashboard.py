@@ -43,6 +43,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Worker saturation (busy / concurrency)", "percentunit",
      [("sum(payouts_worker_busy_tasks) / sum(payouts_worker_concurrency)", "all workers"),
       ("max by (instance) (payouts_worker_busy_tasks / payouts_worker_concurrency)", "{{instance}}")]),
+    ("Worker loop lag: a ready task's wait for its process's CPU", "s",
+     _quantiles("payouts_worker_loop_lag_seconds", 0.5, 0.99, by="le, instance")),
     ("Provider call duration", "s",
      _quantiles("payouts_provider_call_seconds", 0.5, 0.99, by="le, result")),
     ("Settle duration", "s", _quantiles("payouts_settle_duration_seconds", 0.5, 0.95)),

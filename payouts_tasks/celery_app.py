@@ -41,7 +41,8 @@ app = Celery(
     "payouts_tasks",
     task_cls=PayoutsTask,
     include=["payouts_tasks.settle", "payouts_tasks.aggregate", "payouts_tasks.sweeper",
-             "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.webhooks"],
+             "payouts_tasks.batches", "payouts_tasks.metrics", "payouts_tasks.loop_lag",
+             "payouts_tasks.webhooks"],
 )
 app.config_from_object("celeryconfig")
 # Settlement workers consume every client's settle queue, a new client's within 1-3 s.

@@ -62,3 +62,26 @@ def test_failure_codes_outside_the_catalogue_shape_share_one_label():
     assert timing.FAILURES.labels("other")._value.get() == before + 1
     assert "account closed, see <html>" not in {s.labels.get("code") for m in timing.FAILURES.collect()
                                                 for s in m.samples}
+
+
+def test_the_loop_lag_probe_records_how_long_a_blocked_hub_kept_it_waiting():
+    """A task holding the CPU (here an unpatched sleep of 0.3 s, which blocks the whole hub)
+    makes the probe wake at least that late: the histogram's sum grows by at least 0.25 s."""
+    import gevent
+    from prometheus_client import REGISTRY
+
+    from payouts_tasks.loop_lag import measure
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(f"payouts_worker_loop_lag_seconds_{name}") or 0.0
+
+    count, total = sample("count"), sample("sum")
+    probe = gevent.spawn(measure, 0.05)
+    try:
+        gevent.sleep(0.01)  # the probe is asleep on the hub
+        time.sleep(0.3)  # not gevent's: nothing else runs meanwhile
+        gevent.sleep(0.1)  # the probe wakes, records, sleeps again
+    finally:
+        probe.kill()
+    assert sample("count") > count
+    assert sample("sum") - total >= 0.25
