@@ -18,9 +18,8 @@ from contextlib import contextmanager
 
 import psycopg
 import redis
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.histograms import buckets, quantile_bound
 from bench.report import Row
 from payouts_core.ledger.backlog import outbox_backlog
 from payouts_core.store import OUTBOX, BatchRef, batch_keys, claim_key
@@ -62,18 +61,7 @@ class Archive:
 
     def lag_buckets(self) -> dict[float, float]:
         """Cumulative counts of payouts_archive_lag_seconds by upper bound."""
-        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
-        return {float(s.labels["le"]): s.value for f in text_string_to_metric_families(text)
-                for s in f.samples if s.name == "payouts_archive_lag_seconds_bucket"}
-
-
-def _p99_bound(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The smallest bucket bound holding 99 % of the lags observed between two scrapes."""
-    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
-    total = delta.get(float("inf"), 0.0)
-    if not total:
-        return None
-    return next(le for le, count in delta.items() if count >= 0.99 * total)
+        return buckets(self.port, "payouts_archive_lag_seconds")
 
 
 @contextmanager
@@ -161,7 +149,7 @@ def ledger(bench) -> list[Row]:
             if not drained:
                 on.problems.append("the archiver did not drain the outbox within 600 s")
                 on.completed = False
-            p99 = _p99_bound(before, archive.lag_buckets())
+            p99 = quantile_bound(before, archive.lag_buckets(), 0.99)
             ratio = on.items_per_s / off.items_per_s if on.items_per_s and off.items_per_s else None
             on.extra.update(ledger_ratio=ratio and round(ratio, 3), archive_lag_p99_le_s=p99,
                             oldest_age_max_s=max(ages, default=0.0))

@@ -9,38 +9,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 
 import requests
 
+from bench.histograms import buckets, quantile_bound
 from bench.processes import BenchStack
 from bench.scenarios import make_batch
 from payouts_core.settings import Settings
 from payouts_devstack import free_port
 
-BUCKET = re.compile(r'^payouts_worker_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
+METRIC = "payouts_worker_loop_lag_seconds"
 SEED = {"PIX_SIM_LATENCY_MS": "500-2000", "PIX_SIM_SEED": "loop-lag"}
 
 
-def buckets(port: int) -> dict[str, float]:
-    """The histogram's cumulative buckets as the worker serves them (waits for its exporter)."""
+def scrape(port: int) -> dict[float, float]:
+    """The worker's loop-lag buckets (waits for its exporter, which starts with the worker)."""
     for _ in range(100):
         try:
-            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            return {le: float(v) for le, v in BUCKET.findall(text)}
+            return buckets(port, METRIC)
         except requests.ConnectionError:
             time.sleep(0.1)
     raise SystemExit(f"no worker metrics on port {port}")
 
 
-def bucket_of(before: dict[str, float], after: dict[str, float], q: float) -> str:
-    """The upper bound of the bucket holding quantile `q` of the probes between two scrapes."""
-    delta = {le: after[le] - before.get(le, 0.0) for le in after}
-    for le in sorted(delta, key=lambda s: float("inf") if s == "+Inf" else float(s)):
-        if delta["+Inf"] and delta[le] >= q * delta["+Inf"]:
-            return f"<= {le} s"
-    return "-"
+def bound(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    le = quantile_bound(before, after, q)
+    return "-" if le is None else f"<= {le:g} s"
 
 
 def main() -> None:
@@ -72,29 +67,29 @@ def main() -> None:
                                timeout=30).json()["status"] != "completed":
                 time.sleep(0.05)
 
-        start = [buckets(p) for p in ports]
+        start = [scrape(p) for p in ports]
         started = time.monotonic()
         a_ids = [f"lag-a{n}-{stack.run_id}" for n in range(3)]
         for batch_id in a_ids:
             post(stack.auth_headers, batch_id, 10_000)
         time.sleep(5)
         b_id = f"lag-b-{stack.run_id}"
-        b_before = [buckets(p) for p in ports]
+        b_before = [scrape(p) for p in ports]
         posted = time.monotonic()
         post(stack.neighbour_headers, b_id, 10)
         wait_completed(stack.neighbour_headers, b_id)
         b_seconds = time.monotonic() - posted
-        b_after = [buckets(p) for p in ports]
+        b_after = [scrape(p) for p in ports]
         for batch_id in a_ids:
             wait_completed(stack.auth_headers, batch_id)
         a_seconds = time.monotonic() - started
-        end = [buckets(p) for p in ports]
+        end = [scrape(p) for p in ports]
     print(f"{args.broker}, {args.concurrency} greenlets x 2 processes: B's 10 items 202 -> completed "
           f"{b_seconds:.2f} s; A's 30,000 completed after {a_seconds:.1f} s")
     for i in range(2):
-        print(f"  worker {i + 1} loop lag: during B p50 {bucket_of(b_before[i], b_after[i], 0.5)}, "
-              f"p99 {bucket_of(b_before[i], b_after[i], 0.99)}; whole run p50 "
-              f"{bucket_of(start[i], end[i], 0.5)}, p99 {bucket_of(start[i], end[i], 0.99)}")
+        print(f"  worker {i + 1} loop lag: during B p50 {bound(b_before[i], b_after[i], 0.5)}, "
+              f"p99 {bound(b_before[i], b_after[i], 0.99)}; whole run p50 "
+              f"{bound(start[i], end[i], 0.5)}, p99 {bound(start[i], end[i], 0.99)}")
 
 
 if __name__ == "__main__":
