@@ -28,6 +28,7 @@ def test_other_greenlets_run_while_a_query_waits_in_a_gevent_worker(tmp_path, ui
                                                  args=[key, 1.0])
         wait_for(lambda: store.exists(key), 60, "the probe task's answer")
         probe = json.loads(store.get(key))
+        store.close()
 
     assert probe["seconds"] >= 1.0
     assert probe["ticks"] >= 50, probe
