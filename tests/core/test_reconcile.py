@@ -147,3 +147,31 @@ def test_an_item_paid_with_an_e2e_id_the_provider_never_made_is_reported(store, 
     found = reconcile(store, ledger, f"ghost-{uid}")
 
     assert [(d.kind, d.external_id) for d in found] == [("paid_without_transfer", f"g-{uid}")]
+
+
+def test_a_transfer_for_an_item_still_settling_is_in_motion_until_the_item_is_final(store, ledger,
+                                                                                    uid):
+    """Reconciliation runs while batches settle: Redis is read before the provider, so the
+    provider can hold a transfer whose item is not recorded paid yet. That is reported only once
+    the item is final without naming it; a second transfer is reported at once."""
+    ref = BatchRef(CLIENT, f"motion-{uid}")
+    store.create_batch(ref, fingerprint({"m": uid}), [Order(0, f"m-{uid}", "u", 100, "a@b.com",
+                                                            "a***@b.com")], lease_token="t")
+    store.open_batch(ref, "t")
+    decision = store.begin_settlement(ref, 0, 6)
+    key = idempotency_key(CLIENT, f"m-{uid}", decision.claim_generation)
+    transfer = ledger.pay(idempotency_key=key, external_id=f"m-{uid}", amount_cents=100,
+                          pix_key="a@b.com")
+
+    assert reconcile(store, ledger, f"motion-{uid}") == []  # paid at the PSP, not recorded yet
+
+    ledger.pay(idempotency_key=idempotency_key(CLIENT, f"m-{uid}", decision.claim_generation + 1),
+               external_id=f"m-{uid}", amount_cents=100, pix_key="a@b.com")
+    assert {d.kind for d in reconcile(store, ledger, f"motion-{uid}")} == {"double_transfer"}
+
+    store.record_failed(ref, 0, "PROVIDER_REJECTED", "rejected")
+    store.complete_batch(ref)
+    kinds = [d.kind for d in reconcile(store, ledger, f"motion-{uid}")]
+    assert sorted(kinds) == ["double_transfer", "transfer_without_paid_item",
+                             "transfer_without_paid_item"]
+    assert transfer.e2e_id in " ".join(d.detail for d in reconcile(store, ledger, f"motion-{uid}"))

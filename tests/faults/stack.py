@@ -131,7 +131,8 @@ class Stack(DevStack):
         """Every batch completed; ledger and reports agree (reconcile, in-process and via CLI)."""
         reports = self.wait_completed(batch_ids, timeout)
         ledger = LedgerCheck(self.env["DATABASE_URL"]) if self.postgres is not None else None
-        assert reconcile(self.store, self.provider, ledger=ledger) == []
+        found = reconcile(self.store, self.provider, ledger=ledger)
+        assert found == [], [d.as_dict() for d in found]
         settled = [t for t in self.provider.transfers() if t.status == "settled"]
         by_external_id: dict[str, int] = {}
         for transfer in settled:
