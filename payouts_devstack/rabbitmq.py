@@ -81,6 +81,12 @@ class Vhost:
             raise
         self.url = f"amqp://{USER}:{PASSWORD}@{SHARED_HOST}:{SHARED_PORT}/{self.name}"
 
+    def queue_types(self) -> dict[str, str]:
+        """Queue name -> its type (classic, quorum) in this vhost."""
+        rows = (line.split("\t") for line in _ctl("list_queues", "-p", self.name, "name", "type",
+                                                   "--no-table-headers").splitlines())
+        return {row[0]: row[1] for row in rows if len(row) == 2}
+
     def delete(self) -> None:
         _ctl("delete_vhost", self.name)
 

@@ -223,7 +223,12 @@ def consume_clients_from_start(app, options: dict) -> None:
     """celeryd_init: a settlement worker (started without -Q) consumes every client known now
     from its first message, as its static queues: added later by ClientQueues, a batch posted in
     a worker's first seconds waited for its queue (its items idle, re-driven by the sweeper). The
-    webhook worker (-Q payouts.webhooks) gets none."""
+    webhook worker (-Q payouts.webhooks) gets none.
+
+    Each queue is declared as Celery creates one it routes to (`queues[name]`: a quorum queue on
+    RabbitMQ), as ClientQueues and publishers declare it. Added by name it was a classic queue,
+    and RabbitMQ refuses a second declaration of another type (PRECONDITION_FAILED): a worker
+    restarted after a client first posted could not consume at all."""
     if options.get("queues"):
         return
     try:
@@ -232,7 +237,7 @@ def consume_clients_from_start(app, options: dict) -> None:
         clients = configured_clients(get_settings())
     for client in sorted(clients):
         for queue in client_queues(client):
-            app.amqp.queues.select_add(queue)
+            app.amqp.queues.select_add(app.amqp.queues[queue])
 
 
 class ClientQueues(bootsteps.StartStopStep):

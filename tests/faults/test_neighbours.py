@@ -133,3 +133,35 @@ def test_exactly_once_when_a_worker_dies_serving_two_clients(make_stack, broker)
     final = wait_for(lambda: (r := other_report(stack, "k2")) and r["status"] == "completed" and r,
                      180, "B's batch after the kill")
     assert final["successful"] == 400
+
+
+def test_a_worker_restarted_after_a_client_first_posted_consumes_it(make_stack):
+    """A key added by a rolling deploy: the API knows the client before the running worker does,
+    so the worker declares the client's queues when its first batch arrives; the worker restarted
+    with the new key knows it from the start and declares them again. Both declarations must be
+    alike: they were a quorum queue, then a classic one, which RabbitMQ refused
+    (PRECONDITION_FAILED) and the restarted worker consumed nothing. Every client queue is a
+    quorum queue, as the design needs (a dead worker's messages return; nothing is lost)."""
+    stack = make_stack("rabbitmq")
+    stack.start_api()
+    stack.start_beat()
+    without_other = "tests:tests-key-0123456789,tests:rotated-key-0123456789"
+    old = stack.start_worker(env={"PAYOUTS_API_KEYS": without_other})
+    post_as_other(stack, "n1", 20)
+    wait_for(lambda: (r := other_report(stack, "n1")) and r["status"] == "completed", 60,
+             "the new client's first batch, on the worker started without its key")
+
+    old.send_signal(signal.SIGTERM)
+    assert old.wait(timeout=60) == 0
+    stack.start_worker()  # now with every key: `other` is consumed from its first message
+    post_as_other(stack, "n2", 20)
+    assert stack.post("n3", items("n3", 20)).status_code == 202
+
+    stack.assert_exactly_once(["n3"], timeout=60)
+    wait_for(lambda: (r := other_report(stack, "n2")) and r["status"] == "completed", 60,
+             "the new client's batch after the restart")
+    types = stack.vhost.queue_types()
+    ours = {name: kind for name, kind in types.items() if name.startswith("payouts.")}
+    assert set(ours) >= {"payouts.batches", "payouts.settle.tests", "payouts.settle.other",
+                         "payouts.retry.tests", "payouts.retry.other"}, types
+    assert set(ours.values()) == {"quorum"}, ours
