@@ -3,7 +3,9 @@ worker consumes, once with Celery's `chord.apply_async` and once from the templa
 both as JSON (every message as kombu reads it back, and the chord counter keys).
 
 `python -m tests.tasks.chord_capture CLIENT BATCH_ID N [--in-task]`; REDIS_URL (and
-CELERY_BROKER_URL for RabbitMQ) come from the environment, as in production.
+CELERY_BROKER_URL for RabbitMQ) come from the environment, as in production. With `--gevent`
+instead: patched as a gevent worker is, the template publish only, and at how many points of it
+another greenlet ran.
 """
 
 from __future__ import annotations
@@ -64,5 +66,42 @@ def main(client: str, batch_id: str, total: int, in_task: bool) -> None:
     json.dump(out, sys.stdout)
 
 
+def points_where_others_ran(client: str, batch_id: str, total: int) -> dict:
+    """The number of distinct publish counts (messages sent so far) at which a ticker greenlet
+    ran while one chord was published: how often the publisher let a worker's other greenlets
+    (settle tasks, the turn's beat) run, counted without timing anything."""
+    import gevent
+    from kombu import Producer
+
+    from payouts_core.store import BatchRef
+    from payouts_tasks.batches import publish_items
+
+    sent, seen, done = [0], set(), [False]
+    publish = Producer.publish
+
+    def counting(self, *args, **kwargs):
+        sent[0] += 1
+        return publish(self, *args, **kwargs)
+
+    def ticker() -> None:
+        while not done[0]:
+            seen.add(sent[0])
+            gevent.sleep(0)
+
+    Producer.publish = counting
+    others = gevent.spawn(ticker)
+    gevent.sleep(0)
+    publish_items(BatchRef(client, batch_id), range(total))
+    done[0] = True
+    others.join()
+    return {"sent": sent[0], "points": len(seen - {0, sent[0]})}
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--in-task" in sys.argv[4:])
+    if "--gevent" in sys.argv[4:]:
+        from gevent import monkey
+
+        monkey.patch_all()
+        json.dump(points_where_others_ran(sys.argv[1], sys.argv[2], int(sys.argv[3])), sys.stdout)
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--in-task" in sys.argv[4:])

@@ -81,6 +81,20 @@ def test_a_large_chord_is_equal_message_for_message(redis_stack):
     assert_same_chord(capture(redis_stack.env, "acme", "large", 1200), 1200)  # > one flush
 
 
+def test_a_large_chord_lets_a_gevent_workers_other_greenlets_run_while_it_is_published(redis_stack):
+    """A 10,000-message chord is seconds of one worker's CPU: published in one stretch, every
+    settle greenlet of that process (any client's) waited for it (loop lag up to 5-10 s,
+    docs/BENCHMARKS.md "Loop lag"). The publisher yields at least every 50 messages."""
+    argv = [sys.executable, "-m", "tests.tasks.chord_capture", "acme", "yields", "2000", "--gevent"]
+    done = subprocess.run(argv, env=redis_stack.env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+
+    assert out["sent"] == 2000
+    assert out["points"] >= 2000 // 50 - 1, out  # every 50 messages, not only at its 4 flushes
+
+
 @pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason() or "")
 def test_template_messages_equal_celerys_on_rabbitmq(tmp_path):
     with Stack(tmp_path) as stack:
