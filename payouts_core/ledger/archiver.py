@@ -223,12 +223,12 @@ class Archiver:
 
     def _batch_event(self, conn: psycopg.Connection, event: Event) -> None:
         inserted = conn.execute(
-            """INSERT INTO events (client, batch_id, seq, idx, type, at, detail)
-               SELECT %s, %s, %s, -1, %s, to_timestamp(%s / 1000.0), %s
+            """INSERT INTO events (client, batch_id, seq, idx, type, at, attempt, code, detail)
+               SELECT %s, %s, %s, -1, %s, to_timestamp(%s / 1000.0), %s, %s, %s
                WHERE EXISTS (SELECT 1 FROM batches WHERE client = %s AND batch_id = %s)
                ON CONFLICT DO NOTHING""",
-            (*event.ref, event.seq, event.type, event.at_ms, orjson.dumps(event.detail).decode(),
-             *event.ref)).rowcount
+            (*event.ref, event.seq, event.type, event.at_ms, event.attempt, event.code,
+             orjson.dumps(event.detail).decode(), *event.ref)).rowcount
         if not inserted:
             return
         d = event.detail

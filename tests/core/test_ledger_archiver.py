@@ -169,3 +169,15 @@ def test_a_bad_entry_is_set_aside_and_the_others_archived(store, archiver, ledge
     dead = own_redis.xrange(DEAD_LETTERS)
     assert dead[-1][1][b"e"] == b"{not json" and b"JSONDecodeError" in dead[-1][1][b"error"]
     assert own_redis.xlen(OUTBOX) == 0
+
+
+def test_a_batch_events_attempt_and_code_are_archived(store, archiver, ledger_db, uid):
+    """A webhook outcome in the batch's trail keeps its attempt and status code in the ledger,
+    as item events do (they were dropped: the trail read back from the ledger lacked them)."""
+    ref = new_batch(store, "acme", f"hook-{uid}", [f"h-{uid}"])
+    assert store.note_event(ref, -1, "webhook.delivered", 2, "200", {"delivery_id": f"msg_{uid}"})
+    drain(archiver)
+
+    assert rows(ledger_db, """SELECT attempt, code, detail FROM events WHERE client = %s
+                              AND batch_id = %s AND type = 'webhook.delivered'""", *ref) == [
+        (2, "200", {"delivery_id": f"msg_{uid}"})]

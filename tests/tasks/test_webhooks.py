@@ -368,12 +368,14 @@ def batch_with_delivery(hooks, store, receiver, uid) -> tuple[BatchRef, str, str
 def batch_trail(store, ref) -> list[dict]:
     """The batch's batch-level events, in sequence: those still in the outbox and those the
     session's archiver (started by an earlier test, it drains the session outbox for good) has
-    already moved to the ledger, in the outbox's field names."""
+    already moved to the ledger, in the outbox's field names. The outbox first: the archiver
+    commits before it deletes, so what left the outbox by then is in the ledger when read next
+    (read the other way round, an event archived in between was in neither)."""
+    waiting = [json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)]
     archived = {seq: {"t": kind, "i": idx, "s": seq, "a": attempt, "k": code, "d": detail}
                 for seq, idx, kind, attempt, code, detail in ledger_rows(
                     "SELECT seq, idx, type, attempt, code, detail FROM events"
                     " WHERE client = %s AND batch_id = %s AND idx = -1", ref.client, ref.batch_id)}
-    waiting = [json.loads(fields[b"e"]) for _, fields in store.client.xrange(OUTBOX)]
     trail = archived | {e["s"]: e for e in waiting if e["m"] == ref.member}
     return [trail[seq] for seq in sorted(trail)]
 
